@@ -1,0 +1,1 @@
+"""Image config to runtime-spec ``config.json`` (pure conversion, no I/O)."""

@@ -1,0 +1,1 @@
+"""The OCI image model: digests, descriptors, index/manifest/config, media types, sources."""

@@ -1,0 +1,1 @@
+"""The layer store: verified, safe, shared unpacking of OCI layers; images; containers."""
