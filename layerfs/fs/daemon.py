@@ -1,0 +1,235 @@
+"""Mount lifecycle: checks before mounting, readiness, signals, clean unmount.
+
+Without ``-f`` the caller forks: the child mounts and serves, the parent waits
+on a pipe and returns only once the mount is live (exit 0) or the child
+reported why it could not mount (one line, exit 1, nothing mounted).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from .ops import Operations
+from .options import MountOptions
+from .union import UnionFS
+from .upper import UpperError
+
+log = logging.getLogger(__name__)
+
+READAHEAD_KB = 1024
+
+
+class MountError(Exception):
+    """The mount cannot be made; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    mountpoint: str  # resolved (realpath) before mounting
+    options: MountOptions
+    foreground: bool = False
+    debug: bool = False
+
+
+def _inside(path: str, top: str) -> bool:
+    return os.path.commonpath([path, top]) == top
+
+
+def check(opts: MountOptions, mountpoint: str) -> None:
+    """Everything that can be known wrong before mounting; raises MountError."""
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint}: not an existing directory")
+    mnt = os.path.realpath(mountpoint)
+    dirs: list[tuple[str, str]] = [("lowerdir", d) for d in opts.lowerdirs]
+    if opts.upperdir and opts.workdir:
+        dirs += [("upperdir", opts.upperdir), ("workdir", opts.workdir)]
+    for what, d in dirs:
+        if not os.path.isdir(d):
+            raise MountError(f"{what} {d}: not an existing directory")
+        real = os.path.realpath(d)
+        if _inside(mnt, real):
+            raise MountError(f"mountpoint {mountpoint} is inside {what} {d}")
+        if _inside(real, mnt):
+            raise MountError(f"{what} {d} is inside the mountpoint {mountpoint}")
+    if opts.upperdir and opts.workdir:
+        up, work = os.path.realpath(opts.upperdir), os.path.realpath(opts.workdir)
+        if _inside(work, up) or _inside(up, work):
+            raise MountError(f"upperdir {opts.upperdir} and workdir {opts.workdir} must not nest")
+        if os.stat(up).st_dev != os.stat(work).st_dev:
+            raise MountError(
+                f"workdir {opts.workdir} must be on the same filesystem as upperdir "
+                f"{opts.upperdir}")
+        if not opts.readonly:
+            for what, d in (("upperdir", up), ("workdir", work)):
+                if os.statvfs(d).f_flag & os.ST_RDONLY:
+                    raise MountError(f"{what} {d} is on a read-only filesystem")
+                if not os.access(d, os.W_OK):
+                    raise MountError(f"{what} {d} is not writable")
+        for d in opts.lowerdirs:
+            real = os.path.realpath(d)
+            if _inside(real, up) or _inside(up, real):
+                raise MountError(f"lowerdir {d} and upperdir {opts.upperdir} must not nest")
+
+
+def fuse_options(opts: MountOptions, debug: bool) -> set[str]:
+    out = set(opts.fuse_options) | {f"fsname={opts.fsname}", "subtype=layerfs"}
+    if not opts.writable:
+        out.add("ro")
+    if debug:
+        out.add("debug")
+    return out
+
+
+def _set_readahead(mountpoint: str) -> None:
+    """Raise the readahead of our mount's bdi, found in mountinfo.
+
+    ``mountpoint`` must already be a real path: resolving it now would touch
+    our own mount before it serves requests, a deadlock.
+    """
+    target = mountpoint
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
+    except OSError:
+        return
+    for line in reversed(lines):
+        fields = line.split()
+        mnt = fields[4].encode().decode("unicode_escape")
+        if mnt == target and " - fuse.layerfs " in line:
+            try:
+                with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as ra:
+                    ra.write(str(READAHEAD_KB))
+            except OSError as exc:
+                log.debug("readahead not set: %s", exc)
+            return
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def _mount(cfg: DaemonConfig) -> tuple[UnionFS, Operations]:
+    """Build the engine and mount; raises MountError with the reason."""
+    try:
+        fs = UnionFS(cfg.options)
+    except (OSError, ValueError, UpperError) as exc:
+        raise MountError(str(exc)) from exc
+    ops = Operations(fs)
+    # libfuse prints its reasons on stderr: catch them for the one-line error.
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    try:
+        pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg.options, cfg.debug))
+    except Exception as exc:
+        os.dup2(saved, 2)
+        os.close(w)
+        msg = _drain(r).strip().replace("\n", "; ") or str(exc)
+        fs.close()
+        raise MountError(f"cannot mount {cfg.mountpoint}: {msg}") from exc
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        for fd in (r, w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _set_readahead(cfg.mountpoint)
+    return fs, ops
+
+
+def _drain(fd: int) -> str:
+    chunks = []
+    while select.select([fd], [], [], 0)[0]:
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def serve(cfg: DaemonConfig, fs: UnionFS) -> None:
+    """Run the request loop until unmounted or signalled, then unmount and close."""
+    terminated = False
+    try:
+        trio.run(_serve)
+        terminated = True
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            if terminated:
+                log.debug("unmount after terminate failed", exc_info=True)
+        fs.close()
+
+
+def run(cfg: DaemonConfig) -> int:
+    """Mount and serve; in the background unless ``cfg.foreground``. Returns an exit code."""
+    check(cfg.options, cfg.mountpoint)
+    if cfg.foreground:
+        fs, _ = _mount(cfg)
+        serve(cfg, fs)
+        return 0
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            msg = pipe.read().decode(errors="replace")
+        if msg == "ok":
+            return 0
+        os.waitpid(pid, 0)
+        raise MountError(msg or "the mount daemon exited before the mount was ready")
+    os.close(r)
+    code = 1
+    try:
+        os.setsid()
+        try:
+            fs, _ = _mount(cfg)
+        except MountError as exc:
+            os.write(w, str(exc).encode())
+            return 1
+        _detach_stdio()
+        os.write(w, b"ok")
+        os.close(w)
+        serve(cfg, fs)
+        code = 0
+    except BaseException:
+        log.exception("daemon failed")
+    finally:
+        os._exit(code)
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd == 2 and any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+            continue
+        try:
+            os.dup2(null, fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+    os.close(null)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the daemon

@@ -1,0 +1,100 @@
+"""What the filesystem remembers between mounts, kept in a database under ``workdir``.
+
+Keyed by the upper filesystem's inode number, which survives renames inside
+the upper:
+
+- ``origin``: the stable ``st_ino`` a copied-up object keeps (its lower inode);
+- ``redirect``: the lower path of a renamed directory whose lower contents
+  still belong to it;
+- ``xattr``: extended attributes of upper objects when the upper filesystem
+  has no xattr support (zfs-fuse).
+
+One SQLite file in WAL mode: every update is one transaction, so a crash
+mid-update leaves the previous state, never a torn one. Chosen over
+xattrs-on-the-upper so that one mechanism works on every upper filesystem;
+origins and redirects are small and loaded whole at mount time.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+DB_NAME = "layerfs.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS origin (ino INTEGER PRIMARY KEY, origin INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS redirect (ino INTEGER PRIMARY KEY, path BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS xattr (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+                                  PRIMARY KEY (ino, name));
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class MetaStore:
+    """Origins, redirects and fallback xattrs of one upper directory."""
+
+    def __init__(self, workdir: str, *, durable: bool = True) -> None:
+        self._db = sqlite3.connect(os.path.join(workdir, DB_NAME), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
+        self._db.executescript(_SCHEMA)
+        self.origins: dict[int, int] = dict(self._db.execute("SELECT ino, origin FROM origin"))
+        self.redirects: dict[int, bytes] = {
+            ino: bytes(p) for ino, p in self._db.execute("SELECT ino, path FROM redirect")
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+    def set_origin(self, ino: int, origin: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO origin VALUES (?, ?)", (ino, origin))
+        self.origins[ino] = origin
+
+    def set_redirect(self, ino: int, path: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO redirect VALUES (?, ?)", (ino, path))
+        self.redirects[ino] = path
+
+    def forget_ino(self, ino: int) -> None:
+        """The upper object ``ino`` is gone: drop everything recorded for it."""
+        if ino in self.origins or ino in self.redirects or self._has_xattrs(ino):
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("DELETE FROM origin WHERE ino = ?", (ino,))
+                self._db.execute("DELETE FROM redirect WHERE ino = ?", (ino,))
+                self._db.execute("DELETE FROM xattr WHERE ino = ?", (ino,))
+            self.origins.pop(ino, None)
+            self.redirects.pop(ino, None)
+
+    def _has_xattrs(self, ino: int) -> bool:
+        row = self._db.execute("SELECT 1 FROM xattr WHERE ino = ? LIMIT 1", (ino,)).fetchone()
+        return row is not None
+
+    def next_counter(self, name: str, start: int) -> int:
+        """A persistent counter, for inode numbers too large to encode."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()
+            value = start if row is None else int(row[0]) + 1
+            self._db.execute("INSERT OR REPLACE INTO counter VALUES (?, ?)", (name, value))
+        return value
+
+    # Fallback xattrs (upper without xattr support).
+    def get_xattrs(self, ino: int) -> dict[str, bytes]:
+        rows = self._db.execute("SELECT name, value FROM xattr WHERE ino = ?", (ino,))
+        return {name: bytes(value) for name, value in rows}
+
+    def set_xattr(self, ino: int, name: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO xattr VALUES (?, ?, ?)", (ino, name, value))
+
+    def set_xattrs(self, ino: int, values: dict[str, bytes]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM xattr WHERE ino = ?", (ino,))
+            self._db.executemany(
+                "INSERT INTO xattr VALUES (?, ?, ?)", [(ino, n, v) for n, v in values.items()]
+            )
+
+    def remove_xattr(self, ino: int, name: str) -> bool:
+        cur = self._db.execute("DELETE FROM xattr WHERE ino = ? AND name = ?", (ino, name))
+        return cur.rowcount > 0

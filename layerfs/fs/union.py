@@ -1,0 +1,779 @@
+"""The union engine: overlay semantics over a stack of directories, no FUSE in sight.
+
+Every method is synchronous and raises ``OSError`` with the errno a user
+should see; ``ops`` translates. Copy-up of file data is split in three
+(``copyup_job`` / ``copyup.stage`` / ``copyup_finish``) so that the data copy
+can run on a worker thread while this object is only touched from one thread.
+
+Caveats:
+- The upper layer must be changed only through the mount while it is mounted
+  (as with kernel overlayfs); lower layers must not change at all.
+- Hard-link groups of a lower layer are copied up whole when one member is;
+  a member below a directory that was renamed is not linked (it keeps the
+  lower data).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import copyup, whiteout
+from .copyup import CopyJob
+from .inodes import (
+    OVERFLOW_TAG,
+    ROOT_INO,
+    UPPER_TAG,
+    InodeTable,
+    LowerRef,
+    Node,
+    encode_ino,
+    lower_tag,
+)
+from .layers import Layer, ListingCache
+from .meta import MetaStore
+from .options import MountOptions
+from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from .upper import Upper
+
+# Lower layers are immutable: the kernel may keep what it learnt of them for long.
+LOWER_TIMEOUT = 86400.0
+
+
+def _err(code: int, what: bytes | str = "") -> OSError:
+    return OSError(code, os.strerror(code), what)
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return name if parent == b"." else parent + b"/" + name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a name resolves to right now."""
+
+    kind: int
+    upper_st: os.stat_result | None
+    lower: tuple[LowerRef, ...]
+    lower_st: os.stat_result | None
+
+
+class UnionFS:
+    """The merged view of ``opts.lowerdirs`` under ``opts.upperdir``."""
+
+    def __init__(self, opts: MountOptions) -> None:
+        self.opts = opts
+        self.layers = [Layer(i, p) for i, p in enumerate(opts.lowerdirs)]
+        self.listings = ListingCache(self.layers)
+        self.upper: Upper | None = None
+        self.meta: MetaStore | None = None
+        if opts.upperdir and opts.workdir:
+            self.upper = Upper(opts.upperdir, opts.workdir)
+            self.meta = MetaStore(opts.workdir, durable=opts.fsync)
+        self.writable = self.upper is not None and not opts.readonly
+        self._overflow: dict[tuple[int, int], int] = {}
+        self.table = InodeTable(self._make_root())
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
+        if self.meta:
+            self.meta.close()
+        if self.upper:
+            self.upper.close()
+
+    def _make_root(self) -> Node:
+        stack: list[LowerRef] = []
+        if not (self.upper and self.upper.is_opaque(b".")):
+            for layer in self.layers:
+                stack.append((layer.index, b"."))
+                if self.listings.get(layer.index, b".").opaque:
+                    break
+        lower_st = self.layers[0].lstat(b".") if stack else None
+        root = Node(ROOT_INO, None, b"", stat.S_IFDIR, self.upper is not None, tuple(stack))
+        root.lower_stat = lower_st
+        return root
+
+    # Resolution ------------------------------------------------------------------
+
+    def child_stack(self, parent_lower: tuple[LowerRef, ...], name: bytes) -> tuple[LowerRef, ...]:
+        """Where ``name`` lives below a directory whose lower stack is ``parent_lower``.
+
+        A directory stack (top first, ending at an opaque layer), or the single
+        topmost non-directory, or nothing.
+        """
+        stack: list[LowerRef] = []
+        for index, path in parent_lower:
+            listing = self.listings.get(index, path)
+            kind = listing.entries.get(name)
+            if kind is None:
+                if name in listing.whiteouts:
+                    break
+                continue
+            child = _join(path, name)
+            if kind == stat.S_IFDIR:
+                stack.append((index, child))
+                if self.listings.get(index, child).opaque or name in listing.whiteouts:
+                    break
+            else:
+                if not stack:
+                    stack.append((index, child))
+                break
+        return tuple(stack)
+
+    def stack_at(self, path: bytes) -> tuple[LowerRef, ...]:
+        """The lower directory stack of ``path`` (a redirect), walked from the root."""
+        stack = self.table.root.lower
+        for comp in path.split(b"/"):
+            if not stack:
+                break
+            stack = self.child_stack(stack, comp)
+            if stack and self._lower_kind(stack[0]) != stat.S_IFDIR:
+                return ()
+        return stack
+
+    def _lower_kind(self, ref: LowerRef) -> int:
+        index, path = ref
+        parent, _, name = path.rpartition(b"/")
+        return self.listings.get(index, parent or b".").entries.get(name, 0)
+
+    def lower_has(self, parent: Node, name: bytes) -> bool:
+        """Whether some lower layer shows ``name`` in ``parent`` (so removing it needs a whiteout)."""
+        return bool(parent.lower) and bool(self.child_stack(parent.lower, name))
+
+    def resolve(self, parent: Node, name: bytes) -> Entry | None:
+        """What ``name`` in ``parent`` is, or None when nothing visible has that name."""
+        if whiteout.is_whiteout_name(name):
+            return None
+        upper_st = None
+        path = b""
+        if parent.upper and self.upper:
+            path = parent.child_path(name)
+            upper_st = self.upper.lstat(path)
+            if upper_st is not None and whiteout.is_whiteout_stat(upper_st):
+                return None
+            if upper_st is None and parent.lower and self.upper.has_wh_file(parent.path(), name):
+                return None
+        if upper_st is not None:
+            kind = stat.S_IFMT(upper_st.st_mode)
+            if kind != stat.S_IFDIR:
+                return Entry(kind, upper_st, (), None)
+            lower: tuple[LowerRef, ...] = ()
+            assert self.upper is not None and self.meta is not None
+            redirect = self.meta.redirects.get(upper_st.st_ino)
+            if redirect is not None or parent.lower:
+                if self.upper.is_opaque(path):
+                    lower = ()
+                elif redirect is not None:
+                    lower = self.stack_at(redirect)
+                else:
+                    lower = self.child_stack(parent.lower, name)
+                if lower and self._lower_kind(lower[0]) != stat.S_IFDIR:
+                    lower = ()
+            lower_st = self.layers[lower[0][0]].lstat(lower[0][1]) if lower else None
+            return Entry(kind, upper_st, lower, lower_st)
+        if not parent.lower:
+            return None
+        lower = self.child_stack(parent.lower, name)
+        if not lower:
+            return None
+        lower_st = self.layers[lower[0][0]].lstat(lower[0][1])
+        return Entry(stat.S_IFMT(lower_st.st_mode), None, lower, lower_st)
+
+    def ino_of(self, entry: Entry) -> int:
+        """The stable inode number of a resolved object (see ``inodes``)."""
+        if entry.lower_st is not None and (entry.upper_st is None or entry.kind == stat.S_IFDIR):
+            index = entry.lower[0][0]
+            return self._encode(lower_tag(index), entry.lower_st.st_ino)
+        assert entry.upper_st is not None and self.meta is not None
+        origin = self.meta.origins.get(entry.upper_st.st_ino)
+        if origin is not None:
+            return origin
+        return self._encode(UPPER_TAG, entry.upper_st.st_ino)
+
+    def _encode(self, tag: int, real: int) -> int:
+        ino = encode_ino(tag, real)
+        if ino is not None:
+            return ino
+        # Rare: a real inode number too large for the tag scheme gets a counter value.
+        key = (tag, real)
+        if key not in self._overflow:
+            n = (self.meta.next_counter("overflow", 1) if self.meta
+                 else len(self._overflow) + 1)
+            ino = encode_ino(OVERFLOW_TAG, n)
+            assert ino is not None
+            self._overflow[key] = ino
+        return self._overflow[key]
+
+    def node_of(self, parent: Node, name: bytes, entry: Entry) -> Node:
+        """The table node for ``entry`` (refreshed), or a detached one not in the table."""
+        ino = self.ino_of(entry)
+        node = self.table.find(ino)
+        if node is None:
+            node = Node(ino, parent, name, entry.kind, entry.upper_st is not None, entry.lower)
+        else:
+            if node.parent is not parent or node.name != name:
+                self.table.move(node, parent, name)
+            node.kind = entry.kind
+            node.upper = entry.upper_st is not None
+            node.lower = entry.lower
+        node.lower_stat = entry.lower_st
+        return node
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        """Resolve ``name`` and take one lookup reference on its node."""
+        entry = self.resolve(parent, name)
+        if entry is None:
+            raise _err(errno.ENOENT, name)
+        node = self.node_of(parent, name, entry)
+        if self.table.find(node.ino) is None:
+            self.table.add(node)
+        node.nlookup += 1
+        return node
+
+    def _existing(self, parent: Node, name: bytes) -> tuple[Entry, Node]:
+        entry = self.resolve(parent, name)
+        if entry is None:
+            raise _err(errno.ENOENT, name)
+        return entry, self.node_of(parent, name, entry)
+
+    def timeout(self, node: Node) -> float:
+        return self.opts.timeout if node.upper else LOWER_TIMEOUT
+
+    # Attributes --------------------------------------------------------------------
+
+    def stat(self, node: Node, fd: int | None = None) -> os.stat_result:
+        if not node.upper:
+            assert isinstance(node.lower_stat, os.stat_result)
+            return node.lower_stat
+        assert self.upper is not None
+        st = self.upper.lstat(node.path())
+        if st is None or whiteout.is_whiteout_stat(st):
+            if fd is not None:
+                return os.fstat(fd)
+            raise _err(errno.ENOENT, node.path())
+        return st
+
+    def nlink(self, node: Node, st: os.stat_result) -> int:
+        """Link count; for directories 2 + the merged number of subdirectories."""
+        if not node.is_dir or (node.upper and not node.lower) or (
+            not node.upper and len(node.lower) == 1
+        ):
+            return st.st_nlink
+        if node.nlink_cache is None:
+            entries = self.list_dir(node)
+            node.nlink_cache = 2 + sum(1 for k in entries.values() if k == stat.S_IFDIR)
+        return node.nlink_cache
+
+    def list_dir(self, node: Node) -> dict[bytes, int]:
+        """The merged entries of a directory: name -> S_IFMT, no markers, no duplicates."""
+        names: dict[bytes, int] = {}
+        hidden: set[bytes] = set()
+        if node.upper and self.upper:
+            fd = os.open(node.path(), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self.upper.fd)
+            try:
+                with os.scandir(fd) as it:
+                    for ent in it:
+                        name = os.fsencode(ent.name)
+                        if name.startswith(whiteout.WH_PREFIX):
+                            target = whiteout.whiteout_target(name)
+                            if target:
+                                hidden.add(target)
+                            continue
+                        st = ent.stat(follow_symlinks=False)
+                        if whiteout.is_whiteout_stat(st):
+                            hidden.add(name)
+                            continue
+                        names[name] = stat.S_IFMT(st.st_mode)
+            finally:
+                os.close(fd)
+        for index, path in node.lower:
+            listing = self.listings.get(index, path)
+            for name, kind in listing.entries.items():
+                if name not in names and name not in hidden:
+                    names[name] = kind
+            hidden |= listing.whiteouts
+        return names
+
+    def readlink(self, node: Node) -> bytes:
+        if node.upper:
+            assert self.upper is not None
+            return os.readlink(node.path(), dir_fd=self.upper.fd)
+        index, path = node.lower[0]
+        return os.readlink(path, dir_fd=self.layers[index].fd)
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.upper.path if self.upper else self.layers[0].path)
+
+    # Opening -----------------------------------------------------------------------
+
+    def open_fd(self, node: Node, flags: int) -> int:
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+        if node.upper:
+            assert self.upper is not None
+            return os.open(node.path(), flags, dir_fd=self.upper.fd)
+        index, path = node.lower[0]
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=self.layers[index].fd)
+
+    # Copy-up ------------------------------------------------------------------------
+
+    def _need_writable(self) -> Upper:
+        if not self.writable or self.upper is None:
+            raise _err(errno.EROFS)
+        return self.upper
+
+    def lower_xattrs(self, ref: LowerRef) -> dict[str, bytes]:
+        index, path = ref
+        return {
+            k: v for k, v in self.layers[index].xattrs(path).items()
+            if not whiteout.is_internal_xattr(k)
+        }
+
+    def ensure_upper_dir(self, node: Node) -> None:
+        """Copy up a directory (metadata only) and its parents."""
+        if node.upper:
+            return
+        upper = self._need_writable()
+        assert node.parent is not None and self.meta is not None
+        self.ensure_upper_dir(node.parent)
+        st = node.lower_stat
+        assert isinstance(st, os.stat_result)
+        job = CopyJob(self.layers[node.lower[0][0]].fd, node.lower[0][1], st,
+                      self.lower_xattrs(node.lower[0]), upper.work_fd, upper.tmpname(),
+                      fsync=False, xattrs_supported=upper.xattrs and self.opts.xattrs)
+        left = copyup.stage(job)
+        if left:
+            self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
+        upper.place(job.tmp, node.parent.path(), node.name)
+        node.upper = True
+
+    def copyup_job(self, node: Node, *, with_data: bool = True) -> CopyJob:
+        """Prepare copying a lower non-directory up (parents are copied up here)."""
+        upper = self._need_writable()
+        assert node.parent is not None
+        self.ensure_upper_dir(node.parent)
+        st = node.lower_stat
+        assert isinstance(st, os.stat_result)
+        return CopyJob(self.layers[node.lower[0][0]].fd, node.lower[0][1], st,
+                       self.lower_xattrs(node.lower[0]), upper.work_fd, upper.tmpname(),
+                       with_data=with_data, fsync=self.opts.fsync,
+                       xattrs_supported=upper.xattrs and self.opts.xattrs)
+
+    def copyup_finish(self, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
+        """Put a staged copy in place, unless the tree changed under it meanwhile."""
+        upper = self._need_writable()
+        assert node.parent is not None and self.meta is not None
+        src = node.lower[0] if node.lower else None
+        entry = None if node.upper else self.resolve(node.parent, node.name)
+        if entry is None or entry.upper_st is not None or not entry.lower or entry.lower[0] != src:
+            copyup.discard(upper.work_fd, job.tmp)
+            if node.upper:
+                return
+            raise _err(errno.ENOENT, node.path())
+        self.ensure_upper_dir(node.parent)
+        tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
+        # Recorded before the rename: a crash in between leaves only a stale work file.
+        self.meta.set_origin(tmp_ino, node.ino)
+        if left:
+            self.meta.set_xattrs(tmp_ino, left)
+        parent_path = node.parent.path()
+        upper.place(job.tmp, parent_path, node.name)
+        lower_st = node.lower_stat
+        node.upper, node.lower, node.lower_stat = True, (), None
+        if (isinstance(lower_st, os.stat_result) and stat.S_ISREG(lower_st.st_mode)
+                and lower_st.st_nlink > 1 and src is not None):
+            self._link_group(_join(parent_path, node.name), src, lower_st)
+
+    def _link_group(self, upper_path: bytes, src: LowerRef, lower_st: os.stat_result) -> None:
+        """Link every other visible name of a lower hard-link group to the new upper copy."""
+        upper = self._need_writable()
+        index, path = src
+        for other in self.layers[index].hardlink_names(path, lower_st.st_ino):
+            found = self._walk(other)
+            if found is None:
+                continue
+            parent, name, entry = found
+            if entry.upper_st is not None or not entry.lower or entry.lower[0] != (index, other):
+                continue
+            self.ensure_upper_dir(parent)
+            os.link(upper_path, _join(parent.path(), name), src_dir_fd=upper.fd,
+                    dst_dir_fd=upper.fd, follow_symlinks=False)
+            parent.nlink_cache = None
+
+    def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
+        """Resolve a merged path from the root: (parent node, name, entry)."""
+        *dirs, name = path.split(b"/")
+        node = self.table.root
+        for comp in dirs:
+            entry = self.resolve(node, comp)
+            if entry is None or entry.kind != stat.S_IFDIR:
+                return None
+            node = self.node_of(node, comp, entry)
+        entry = self.resolve(node, name)
+        return None if entry is None else (node, name, entry)
+
+    # Namespace changes ------------------------------------------------------------------
+
+    def _check_new_name(self, name: bytes) -> None:
+        if whiteout.is_whiteout_name(name):
+            raise _err(errno.EINVAL, name)
+
+    def _make(self, parent: Node, name: bytes, maker: Callable[[int, bytes], None]) -> bytes:
+        """Create a new object at ``parent/name`` via ``maker(dir_fd, name)``; returns its path."""
+        upper = self._need_writable()
+        self._check_new_name(name)
+        if self.resolve(parent, name) is not None:
+            raise _err(errno.EEXIST, name)
+        self.ensure_upper_dir(parent)
+        ppath = parent.path()
+        path = _join(ppath, name)
+        existing = upper.lstat(path)
+        if existing is not None and whiteout.is_whiteout_stat(existing):
+            tmp = upper.tmpname()
+            maker(upper.work_fd, tmp)
+            upper.place(tmp, ppath, name)
+        else:
+            maker(upper.fd, path)
+            upper.drop_wh_file(ppath, name)
+        parent.nlink_cache = None
+        return path
+
+    def _owner(self, parent: Node, uid: int, gid: int, mode: int) -> tuple[int, int, int]:
+        pst = self.stat(parent)
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return uid, gid, mode
+
+    def create(self, parent: Node, name: bytes, mode: int, flags: int, uid: int,
+               gid: int) -> tuple[Node, int]:
+        """Create and open a regular file; returns its node (looked up once) and fd."""
+        uid, gid, mode = self._owner(parent, uid, gid, mode)
+        fds: list[int] = []
+
+        def maker(dir_fd: int, path: bytes) -> None:
+            fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=dir_fd)
+            fds.append(fd)
+            os.fchown(fd, uid, gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, stat.S_IMODE(mode))
+
+        try:
+            self._make(parent, name, maker)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return self.lookup(parent, name), fds[0]
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        upper = self._need_writable()
+        uid, gid, mode = self._owner(parent, uid, gid, mode | stat.S_IFDIR)
+        opaque = self.lower_has(parent, name)
+
+        def maker(dir_fd: int, path: bytes) -> None:
+            if opaque and dir_fd == upper.fd:
+                # Over a whited-out lower name the new directory must hide what was below:
+                # build it opaque aside, then place it.
+                tmp = upper.tmpname()
+                maker(upper.work_fd, tmp)
+                upper.place(tmp, parent.path(), name)
+                return
+            os.mkdir(path, 0o700, dir_fd=dir_fd)
+            os.chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(mode), dir_fd=dir_fd)
+            if opaque:
+                upper.make_opaque_in_work(path)
+
+        self._make(parent, name, maker)
+        return self.lookup(parent, name)
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        uid, gid, mode = self._owner(parent, uid, gid, mode)
+
+        def maker(dir_fd: int, path: bytes) -> None:
+            os.mknod(path, mode, rdev, dir_fd=dir_fd)
+            os.chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(mode), dir_fd=dir_fd)
+
+        self._make(parent, name, maker)
+        return self.lookup(parent, name)
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, uid: int, gid: int) -> Node:
+        uid, gid, _ = self._owner(parent, uid, gid, stat.S_IFLNK)
+
+        def maker(dir_fd: int, path: bytes) -> None:
+            os.symlink(target, path, dir_fd=dir_fd)
+            os.chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+        self._make(parent, name, maker)
+        return self.lookup(parent, name)
+
+    def link(self, node: Node, parent: Node, name: bytes) -> Node:
+        """Hard-link an (already copied-up) object under a new name."""
+        upper = self._need_writable()
+        if node.is_dir:
+            raise _err(errno.EPERM, name)
+        if not node.upper:
+            raise _err(errno.EIO, b"link source not copied up")
+        src = node.path()
+
+        def maker(dir_fd: int, path: bytes) -> None:
+            os.link(src, path, src_dir_fd=upper.fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+        self._make(parent, name, maker)
+        return self.lookup(parent, name)
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        upper = self._need_writable()
+        entry = self.resolve(parent, name)
+        if entry is None:
+            raise _err(errno.ENOENT, name)
+        if entry.kind == stat.S_IFDIR:
+            raise _err(errno.EISDIR, name)
+        need_wh = self.lower_has(parent, name)
+        if need_wh:
+            self.ensure_upper_dir(parent)
+        ppath = parent.path()
+        if entry.upper_st is not None:
+            if need_wh:
+                upper.whiteout(ppath, name)
+            else:
+                os.unlink(_join(ppath, name), dir_fd=upper.fd)
+            self._gone(entry.upper_st)
+        else:
+            upper.whiteout(ppath, name)
+        parent.nlink_cache = None
+
+    def _gone(self, st: os.stat_result) -> None:
+        if st.st_nlink <= 1 and self.meta:
+            self.meta.forget_ino(st.st_ino)
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        upper = self._need_writable()
+        entry, node = self._existing(parent, name)
+        if entry.kind != stat.S_IFDIR:
+            raise _err(errno.ENOTDIR, name)
+        if self.list_dir(node):
+            raise _err(errno.ENOTEMPTY, name)
+        need_wh = self.lower_has(parent, name)
+        ppath = parent.path()
+        if entry.upper_st is not None:
+            upper.clear_dir(_join(ppath, name))
+            if need_wh:
+                upper.whiteout_dir(ppath, name)
+            else:
+                os.rmdir(_join(ppath, name), dir_fd=upper.fd)
+            assert self.meta is not None
+            self.meta.forget_ino(entry.upper_st.st_ino)
+        else:
+            self.ensure_upper_dir(parent)
+            upper.whiteout(ppath, name)
+        parent.nlink_cache = None
+
+    def rename(self, old_parent: Node, old: bytes, new_parent: Node, new: bytes,
+               flags: int) -> None:
+        """Rename; non-directory sources (and targets for EXCHANGE) must be copied up first."""
+        upper = self._need_writable()
+        self._check_new_name(new)
+        src, src_node = self._existing(old_parent, old)
+        dst = self.resolve(new_parent, new)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise _err(errno.EEXIST, new)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        if exchange and dst is None:
+            raise _err(errno.ENOENT, new)
+        dst_node = self.node_of(new_parent, new, dst) if dst is not None else None
+        if dst_node is not None and dst_node.ino == src_node.ino:
+            return  # two names of one object: POSIX says do nothing
+        if dst is not None and not exchange:
+            if src.kind == stat.S_IFDIR and dst.kind != stat.S_IFDIR:
+                raise _err(errno.ENOTDIR, new)
+            if src.kind != stat.S_IFDIR and dst.kind == stat.S_IFDIR:
+                raise _err(errno.EISDIR, new)
+            if dst_node is not None and dst.kind == stat.S_IFDIR and self.list_dir(dst_node):
+                raise _err(errno.ENOTEMPTY, new)
+        for n in (src_node, dst_node) if exchange else (src_node,):
+            if n is None:
+                continue
+            if n.is_dir:
+                self.ensure_upper_dir(n)
+            elif not n.upper:
+                raise _err(errno.EIO, b"rename source not copied up")
+        self.ensure_upper_dir(old_parent)
+        self.ensure_upper_dir(new_parent)
+        old_path = _join(old_parent.path(), old)
+        new_path = _join(new_parent.path(), new)
+        src_lower_ref = src_node.lower[0][1] if src_node.is_dir and src_node.lower else None
+        old_needs_wh = self.lower_has(old_parent, old)
+        if exchange:
+            assert dst_node is not None
+            dst_lower_ref = dst_node.lower[0][1] if dst_node.is_dir and dst_node.lower else None
+            renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
+            self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
+            self._fix_moved_dir(dst_node, dst_lower_ref, old_parent, old, old_path)
+            self._moved(dst_node, old_parent, old)
+        else:
+            replaced = upper.lstat(new_path)
+            if replaced is not None and stat.S_ISDIR(replaced.st_mode):
+                upper.clear_dir(new_path)
+            elif replaced is not None and whiteout.is_whiteout_stat(replaced) and src_node.is_dir:
+                os.unlink(new_path, dir_fd=upper.fd)
+                replaced = None
+            if old_needs_wh and upper.char_whiteouts:
+                try:
+                    renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_WHITEOUT)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                        raise
+                    os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
+                    upper.whiteout(old_parent.path(), old)
+            else:
+                os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
+                if old_needs_wh:
+                    upper.whiteout(old_parent.path(), old)
+            upper.drop_wh_file(new_parent.path(), new)
+            if replaced is not None and self.meta is not None and not whiteout.is_whiteout_stat(
+                replaced
+            ):
+                if stat.S_ISDIR(replaced.st_mode):
+                    self.meta.forget_ino(replaced.st_ino)
+                else:
+                    self._gone(replaced)
+            self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
+        self._moved(src_node, new_parent, new)
+        old_parent.nlink_cache = None
+        new_parent.nlink_cache = None
+
+    def _fix_moved_dir(self, node: Node, lower_path: bytes | None, parent: Node, name: bytes,
+                       path: bytes) -> None:
+        """A directory now at ``path``: keep its own lower contents, hide the new place's."""
+        if not node.is_dir:
+            return
+        assert self.upper is not None and self.meta is not None
+        ino = self.upper.lstat(path)
+        assert ino is not None
+        if lower_path is not None:
+            if lower_path != path or ino.st_ino in self.meta.redirects:
+                self.meta.set_redirect(ino.st_ino, lower_path)
+        elif self.lower_has(parent, name) and not self.upper.is_opaque(path):
+            self.upper.make_opaque(path)
+
+    def _moved(self, node: Node, parent: Node, name: bytes) -> None:
+        if self.table.find(node.ino) is node:
+            self.table.move(node, parent, name)
+        else:
+            node.parent, node.name = parent, name
+
+    # Attributes and xattrs -------------------------------------------------------------
+
+    def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, size: int | None = None,
+                times: tuple[int | None, int | None] | None = None,
+                fd: int | None = None) -> None:
+        """Change attributes of an object already in the upper."""
+        upper = self._need_writable()
+        path = node.path()
+        if uid is not None or gid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid,
+                     dir_fd=upper.fd, follow_symlinks=False)
+        if mode is not None and node.kind != stat.S_IFLNK:
+            os.chmod(path, stat.S_IMODE(mode), dir_fd=upper.fd)
+        if size is not None:
+            if fd is not None:
+                os.ftruncate(fd, size)
+            else:
+                tfd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper.fd)
+                try:
+                    os.ftruncate(tfd, size)
+                finally:
+                    os.close(tfd)
+        if times is not None:
+            atime, mtime = times
+            if atime is None or mtime is None:
+                st = os.lstat(path, dir_fd=upper.fd)
+                atime = st.st_atime_ns if atime is None else atime
+                mtime = st.st_mtime_ns if mtime is None else mtime
+            os.utime(path, ns=(atime, mtime), dir_fd=upper.fd, follow_symlinks=False)
+
+    def check_xattr_name(self, name: str) -> None:
+        """Refuse to set ``name`` before anything is copied up for it."""
+        self._xattr_enabled()
+        if whiteout.is_internal_xattr(name):
+            raise _err(errno.EPERM)
+
+    def _xattr_enabled(self) -> None:
+        if not self.opts.xattrs:
+            raise _err(errno.ENOTSUP)
+
+    def _upper_xattrs(self, node: Node) -> dict[str, bytes]:
+        assert self.upper is not None and self.meta is not None
+        path = node.path()
+        out: dict[str, bytes] = {}
+        if self.upper.xattrs:
+            target = self.upper.proc(path)
+            for name in os.listxattr(target, follow_symlinks=False):
+                try:
+                    out[name] = os.getxattr(target, name, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno != errno.ENODATA:
+                        raise
+        out.update(self.meta.get_xattrs(self.stat(node).st_ino))
+        return out
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        """The user-visible extended attributes of ``node``."""
+        self._xattr_enabled()
+        raw = self._upper_xattrs(node) if node.upper else self.lower_xattrs(node.lower[0])
+        return {k: v for k, v in raw.items() if not whiteout.is_internal_xattr(k)}
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        self._xattr_enabled()
+        if whiteout.is_internal_xattr(name):
+            raise _err(errno.ENODATA)
+        if node.upper:
+            assert self.upper is not None and self.meta is not None
+            if self.upper.xattrs:
+                try:
+                    return os.getxattr(self.upper.proc(node.path()), name, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno != errno.ENODATA:
+                        raise
+            value = self.meta.get_xattrs(self.stat(node).st_ino).get(name)
+        else:
+            value = self.lower_xattrs(node.lower[0]).get(name)
+        if value is None:
+            raise _err(errno.ENODATA)
+        return value
+
+    def setxattr(self, node: Node, name: str, value: bytes) -> None:
+        upper = self._need_writable()
+        self._xattr_enabled()
+        if whiteout.is_internal_xattr(name):
+            raise _err(errno.EPERM)
+        assert self.meta is not None
+        if upper.xattrs:
+            os.setxattr(upper.proc(node.path()), name, value, follow_symlinks=False)
+        else:
+            self.meta.set_xattr(self.stat(node).st_ino, name, value)
+
+    def removexattr(self, node: Node, name: str) -> None:
+        upper = self._need_writable()
+        self._xattr_enabled()
+        if whiteout.is_internal_xattr(name):
+            raise _err(errno.ENODATA)
+        assert self.meta is not None
+        if self.meta.remove_xattr(self.stat(node).st_ino, name):
+            return
+        if not upper.xattrs:
+            raise _err(errno.ENODATA)
+        os.removexattr(upper.proc(node.path()), name, follow_symlinks=False)

@@ -1,0 +1,222 @@
+"""The writable upper layer and its work directory: whiteouts, opaque dirs, atomic placing.
+
+Whiteouts are written as overlay character devices 0/0 where mknod works in
+the upper (as root on ext4, xfs, tmpfs, zfs) and as OCI ``.wh.NAME`` files
+otherwise. Opaque directories get the ``.wh..wh..opq`` marker, plus the
+``trusted.overlay.opaque`` xattr where the upper takes xattrs. Everything that
+must appear atomically is built in ``workdir/tmp`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import shutil
+import stat
+
+from . import whiteout
+from .syscalls import RENAME_EXCHANGE, renameat2
+
+TMP_DIR = "tmp"
+LOCK_NAME = "lock"
+
+
+class UpperError(Exception):
+    """The upper or work directory cannot be used; the message names which and why."""
+
+
+class Upper:
+    """Owns the upper root and the work directory of one mount."""
+
+    def __init__(self, upperdir: str, workdir: str) -> None:
+        self.path = upperdir
+        self.workdir = workdir
+        self.fd = os.open(upperdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._lock_fd = os.open(os.path.join(workdir, LOCK_NAME),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            os.close(self.fd)
+            raise UpperError(f"workdir {workdir} is in use by another layerfs mount") from None
+        tmp = os.path.join(workdir, TMP_DIR)
+        # Leftovers of a crash mid copy-up or mid whiteout: never visible, removed here.
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o700)
+        self.work_fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._names = itertools.count()
+        self.char_whiteouts = self._probe_mknod()
+        self.xattrs = self._probe_xattrs()
+
+    def close(self) -> None:
+        os.close(self.work_fd)
+        os.close(self.fd)
+        os.close(self._lock_fd)
+
+    def tmpname(self) -> bytes:
+        return b"%d.%d" % (os.getpid(), next(self._names))
+
+    def _probe_mknod(self) -> bool:
+        name = self.tmpname()
+        try:
+            os.mknod(name, stat.S_IFCHR | 0o600, 0, dir_fd=self.work_fd)
+        except OSError:
+            return False
+        os.unlink(name, dir_fd=self.work_fd)
+        return True
+
+    def _probe_xattrs(self) -> bool:
+        name = self.tmpname()
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.work_fd)
+        try:
+            os.setxattr(fd, "user.layerfs.probe", b"1")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+            os.unlink(name, dir_fd=self.work_fd)
+
+    # Queries -----------------------------------------------------------------
+
+    def lstat(self, path: bytes) -> os.stat_result | None:
+        try:
+            return os.lstat(path, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def has_wh_file(self, parent: bytes, name: bytes) -> bool:
+        return self.lstat(_join(parent, whiteout.WH_PREFIX + name)) is not None
+
+    def is_opaque(self, path: bytes) -> bool:
+        if self.lstat(_join(path, whiteout.OPAQUE_MARKER)) is not None:
+            return True
+        for name in whiteout.OPAQUE_XATTRS:
+            try:
+                if whiteout.is_opaque_value(os.getxattr(self.proc(path), name,
+                                                        follow_symlinks=False)):
+                    return True
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    return False
+        return False
+
+    def proc(self, path: bytes) -> bytes:
+        """A path for calls that take no dir_fd (xattrs), anchored at the upper root."""
+        return b"/proc/self/fd/%d/%s" % (self.fd, path)
+
+    # Changes -----------------------------------------------------------------
+
+    def place(self, tmp: bytes, parent: bytes, name: bytes) -> None:
+        """Rename a finished ``tmp`` into ``parent/name``, replacing a whiteout there."""
+        dst = _join(parent, name)
+        existing = self.lstat(dst)
+        if existing is not None and stat.S_ISCHR(existing.st_mode) and whiteout.is_whiteout_stat(
+            existing
+        ):
+            st = os.lstat(tmp, dir_fd=self.work_fd)
+            if stat.S_ISDIR(st.st_mode):
+                # A directory cannot replace a non-directory by rename: swap, then drop.
+                renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
+                os.unlink(tmp, dir_fd=self.work_fd)
+            else:
+                os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
+        else:
+            os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
+        self.drop_wh_file(parent, name)
+
+    def drop_wh_file(self, parent: bytes, name: bytes) -> None:
+        try:
+            os.unlink(_join(parent, whiteout.WH_PREFIX + name), dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def clear_whiteout(self, parent: bytes, name: bytes) -> bool:
+        """Remove a whiteout at ``parent/name`` (either form); True if there was one."""
+        found = False
+        st = self.lstat(_join(parent, name))
+        if st is not None and whiteout.is_whiteout_stat(st):
+            os.unlink(_join(parent, name), dir_fd=self.fd)
+            found = True
+        if self.lstat(_join(parent, whiteout.WH_PREFIX + name)) is not None:
+            self.drop_wh_file(parent, name)
+            found = True
+        return found
+
+    def new_whiteout(self) -> bytes:
+        """A character-device whiteout in the work directory, ready to be renamed."""
+        tmp = self.tmpname()
+        os.mknod(tmp, stat.S_IFCHR | 0o000, 0, dir_fd=self.work_fd)
+        return tmp
+
+    def whiteout(self, parent: bytes, name: bytes) -> None:
+        """Hide ``name`` in ``parent``, atomically replacing a non-directory there."""
+        dst = _join(parent, name)
+        if self.char_whiteouts:
+            os.rename(self.new_whiteout(), dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
+            return
+        fd = os.open(_join(parent, whiteout.WH_PREFIX + name),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        os.close(fd)
+        try:
+            os.unlink(dst, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def whiteout_dir(self, parent: bytes, name: bytes) -> None:
+        """Replace the (emptied) upper directory ``parent/name`` by a whiteout."""
+        dst = _join(parent, name)
+        if self.char_whiteouts:
+            tmp = self.new_whiteout()
+            renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
+            os.rmdir(tmp, dir_fd=self.work_fd)
+            return
+        fd = os.open(_join(parent, whiteout.WH_PREFIX + name),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        os.close(fd)
+        os.rmdir(dst, dir_fd=self.fd)
+
+    def make_opaque_in_work(self, tmp: bytes) -> None:
+        """Mark the directory ``tmp`` in the work directory opaque."""
+        fd = os.open(_join(tmp, whiteout.OPAQUE_MARKER),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.work_fd)
+        os.close(fd)
+        self._opaque_xattr(b"/proc/self/fd/%d/%s" % (self.work_fd, tmp))
+
+    def make_opaque(self, path: bytes) -> None:
+        """Mark the upper directory ``path`` opaque."""
+        fd = os.open(_join(path, whiteout.OPAQUE_MARKER),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        os.close(fd)
+        self._opaque_xattr(self.proc(path))
+
+    def _opaque_xattr(self, path: bytes) -> None:
+        if not self.xattrs or os.geteuid() != 0:
+            return
+        try:
+            os.setxattr(path, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+
+    def clear_dir(self, path: bytes) -> None:
+        """Empty an upper directory that holds only whiteouts and markers."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.fd)
+        try:
+            for name in os.listdir(fd):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except IsADirectoryError:
+                    raise OSError(errno.ENOTEMPTY, "directory not empty", path) from None
+        finally:
+            os.close(fd)
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return name if parent == b"." else parent + b"/" + name
