@@ -24,15 +24,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", nargs="?", help="ignored (the form mount.fuse3 uses)")
     p.add_argument("mountpoint", help="directory to mount on")
-    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: lowerdir=TOP:...:BOTTOM, upperdir=, "
-                   "workdir=, ro, volatile, fsync=0, timeout=, noxattrs, uidmapping=, "
-                   "gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=, allow_other, "
-                   "allow_root, default_permissions, [no]suid, [no]dev, [no]exec, noatime, "
-                   "fsname=")
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="comma-separated mount options: lowerdir=TOP:...:BOTTOM, upperdir=, "
+        "workdir=, ro, volatile, fsync=0, timeout=, noxattrs, uidmapping=, "
+        "gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=, allow_other, "
+        "allow_root, default_permissions, [no]suid, [no]dev, [no]exec, noatime, "
+        "fsname=",
+    )
     p.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-d", dest="debug", action="store_true",
-                   help="debug output (implies -f)")
+    p.add_argument("-d", dest="debug", action="store_true", help="debug output (implies -f)")
     p.add_argument("--log", metavar="FILE", help="log to FILE instead of syslog when detached")
     p.add_argument("-V", "--version", action="version", version=f"layerfs {__version__}")
     return p

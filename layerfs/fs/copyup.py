@@ -57,8 +57,9 @@ def stage(job: CopyJob) -> dict[str, bytes]:
 def _stage_file(job: CopyJob) -> dict[str, bytes]:
     src = os.open(job.src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=job.src_fd)
     try:
-        dst = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                      dir_fd=job.work_fd)
+        dst = os.open(
+            job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=job.work_fd
+        )
         try:
             if job.with_data and job.st.st_size and not try_reflink(src, dst):
                 copy_sparse(src, dst, job.st.st_size)
@@ -112,8 +113,9 @@ def _copy_plain(src: int, dst: int, pos: int, end: int) -> int:
     return len(buf)
 
 
-def _set_xattrs(target: int | bytes, xattrs: dict[str, bytes], supported: bool,
-                follow: bool = True) -> dict[str, bytes]:
+def _set_xattrs(
+    target: int | bytes, xattrs: dict[str, bytes], supported: bool, follow: bool = True
+) -> dict[str, bytes]:
     left: dict[str, bytes] = {}
     for name, value in xattrs.items():
         if not supported:
@@ -129,8 +131,9 @@ def _set_xattrs(target: int | bytes, xattrs: dict[str, bytes], supported: bool,
     return left
 
 
-def apply_metadata_fd(fd: int, st: os.stat_result, xattrs: dict[str, bytes],
-                      xattrs_supported: bool) -> dict[str, bytes]:
+def apply_metadata_fd(
+    fd: int, st: os.stat_result, xattrs: dict[str, bytes], xattrs_supported: bool
+) -> dict[str, bytes]:
     """Owner, mode, xattrs and times of ``st`` onto an open file, in the order that keeps them."""
     # chown clears setuid and file capabilities: owner first, then mode and xattrs.
     os.fchown(fd, st.st_uid, st.st_gid)
@@ -140,15 +143,17 @@ def apply_metadata_fd(fd: int, st: os.stat_result, xattrs: dict[str, bytes],
     return left
 
 
-def apply_metadata(dir_fd: int, name: bytes, st: os.stat_result, xattrs: dict[str, bytes],
-                   xattrs_supported: bool) -> dict[str, bytes]:
+def apply_metadata(
+    dir_fd: int, name: bytes, st: os.stat_result, xattrs: dict[str, bytes], xattrs_supported: bool
+) -> dict[str, bytes]:
     """Like ``apply_metadata_fd`` for an object named ``name`` in ``dir_fd`` (never followed)."""
     is_link = stat.S_ISLNK(st.st_mode)
     os.chown(name, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
     if not is_link:
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
-    left = _set_xattrs(b"/proc/self/fd/%d/%s" % (dir_fd, name), xattrs, xattrs_supported,
-                       follow=False)
+    left = _set_xattrs(
+        b"/proc/self/fd/%d/%s" % (dir_fd, name), xattrs, xattrs_supported, follow=False
+    )
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     return left
 

@@ -66,8 +66,8 @@ def check(opts: MountOptions, mountpoint: str) -> None:
             raise MountError(f"upperdir {opts.upperdir} and workdir {opts.workdir} must not nest")
         if os.stat(up).st_dev != os.stat(work).st_dev:
             raise MountError(
-                f"workdir {opts.workdir} must be on the same filesystem as upperdir "
-                f"{opts.upperdir}")
+                f"workdir {opts.workdir} must be on the same filesystem as upperdir {opts.upperdir}"
+            )
         if not opts.readonly:
             for what, d in (("upperdir", up), ("workdir", work)):
                 if os.statvfs(d).f_flag & os.ST_RDONLY:
@@ -113,16 +113,20 @@ def _set_readahead(mountpoint: str) -> None:
             return
 
 
-async def _serve() -> None:
+async def _serve(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals)
+        nursery.start_soon(_on_signals, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+async def _on_signals(ops: Operations) -> None:
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                log.warning("stats: %s", " ".join(f"{k}={v}" for k, v in ops.stats().items()))
+                continue
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
@@ -169,11 +173,11 @@ def _drain(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def serve(cfg: DaemonConfig, fs: UnionFS) -> None:
+def serve(cfg: DaemonConfig, fs: UnionFS, ops: Operations) -> None:
     """Run the request loop until unmounted or signalled, then unmount and close."""
     terminated = False
     try:
-        trio.run(_serve)
+        trio.run(_serve, ops)
         terminated = True
     finally:
         try:
@@ -188,8 +192,8 @@ def run(cfg: DaemonConfig) -> int:
     """Mount and serve; in the background unless ``cfg.foreground``. Returns an exit code."""
     check(cfg.options, cfg.mountpoint)
     if cfg.foreground:
-        fs, _ = _mount(cfg)
-        serve(cfg, fs)
+        fs, ops = _mount(cfg)
+        serve(cfg, fs, ops)
         return 0
     r, w = os.pipe()
     pid = os.fork()
@@ -206,14 +210,14 @@ def run(cfg: DaemonConfig) -> int:
     try:
         os.setsid()
         try:
-            fs, _ = _mount(cfg)
+            fs, ops = _mount(cfg)
         except MountError as exc:
             os.write(w, str(exc).encode())
             return 1
         _detach_stdio()
         os.write(w, b"ok")
         os.close(w)
-        serve(cfg, fs)
+        serve(cfg, fs, ops)
         code = 0
     except BaseException:
         log.exception("daemon failed")
@@ -224,7 +228,7 @@ def run(cfg: DaemonConfig) -> int:
 def _detach_stdio() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
-        if fd == 2 and any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+        if fd == 2 and any(isinstance(h, logging.FileHandler) for h in logging.root.handlers):
             continue
         try:
             os.dup2(null, fd)

@@ -54,8 +54,9 @@ class Layer:
         entries: dict[bytes, int] = {}
         hidden: set[bytes] = set()
         opaque = False
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.fd)
+        fd = os.open(
+            path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
+        )
         try:
             with os.scandir(fd) as it:
                 for ent in it:
@@ -122,8 +123,9 @@ class Layer:
             stack = [b"."]
             while stack:
                 d = stack.pop()
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=self.fd)
+                fd = os.open(
+                    d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
+                )
                 try:
                     with os.scandir(fd) as it:
                         for ent in it:

@@ -15,9 +15,9 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -36,12 +36,12 @@ THREAD_COPY_BYTES = 1 << 20
 
 
 def handler(
-    fn: Callable[Concatenate[Operations, _P], Awaitable[_R]],
-) -> Callable[Concatenate[Operations, _P], Awaitable[_R]]:
+    fn: Callable[Concatenate[Operations, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[Operations, _P], Coroutine[Any, Any, _R]]:
     """Map exceptions to FUSE errors at the boundary (see the module docstring)."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Operations, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def wrapper(self: Operations, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
@@ -81,6 +81,10 @@ class Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
 
+    def stats(self) -> dict[str, int]:
+        """Counters for SIGUSR1 and tests: what the daemon holds right now."""
+        return {"inodes": len(self.table), "files": len(self._files), "dirs": len(self._dirs)}
+
     # Helpers ---------------------------------------------------------------------
 
     def _node(self, ino: int) -> Node:
@@ -100,10 +104,12 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.st_mode = pyfuse3.ModeT(st.st_mode)
         a.st_nlink = self.fs.nlink(node, st)
-        a.st_uid = opts.squash_uid if opts.squash_uid is not None else opts.uidmap.to_inside(
-            st.st_uid)
-        a.st_gid = opts.squash_gid if opts.squash_gid is not None else opts.gidmap.to_inside(
-            st.st_gid)
+        a.st_uid = (
+            opts.squash_uid if opts.squash_uid is not None else opts.uidmap.to_inside(st.st_uid)
+        )
+        a.st_gid = (
+            opts.squash_gid if opts.squash_gid is not None else opts.gidmap.to_inside(st.st_gid)
+        )
         a.st_rdev = st.st_rdev
         a.st_size = st.st_size
         a.st_blksize = st.st_blksize
@@ -161,8 +167,9 @@ class Operations(pyfuse3.Operations):
     # Lookups and attributes -------------------------------------------------------------
 
     @handler
-    async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         log.debug("lookup %d %r", parent_inode, name)
         parent = self._node(parent_inode)
         try:
@@ -183,14 +190,20 @@ class Operations(pyfuse3.Operations):
                 log.exception("forget of inode %d", ino)
 
     @handler
-    async def getattr(self, inode: pyfuse3.InodeT,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return self._attrs(self._node(inode))
 
     @handler
-    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         log.debug("setattr %d", inode)
         node = self._node(inode)
         handle = self._files.get(fh) if fh is not None else None
@@ -201,8 +214,10 @@ class Operations(pyfuse3.Operations):
         opts = self.fs.opts
         times = None
         if fields.update_atime or fields.update_mtime:
-            times = (attr.st_atime_ns if fields.update_atime else None,
-                     attr.st_mtime_ns if fields.update_mtime else None)
+            times = (
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
         self.fs.setattr(
             node,
             mode=attr.st_mode if fields.update_mode else None,
@@ -215,40 +230,58 @@ class Operations(pyfuse3.Operations):
         return self._attrs(node)
 
     @handler
-    async def readlink(self, inode: pyfuse3.InodeT,
-                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
         return pyfuse3.FileNameT(self.fs.readlink(self._node(inode)))
 
     # Namespace -------------------------------------------------------------------------
 
     @handler
-    async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                    mode: pyfuse3.ModeT, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         uid, gid = self._ids(ctx)
         node = self.fs.mknod(self._node(parent_inode), name, mode, rdev, uid, gid)
         return self._attrs(node)
 
     @handler
-    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                    mode: pyfuse3.ModeT,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         uid, gid = self._ids(ctx)
         node = self.fs.mkdir(self._node(parent_inode), name, mode, uid, gid)
         return self._attrs(node)
 
     @handler
-    async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                      target: pyfuse3.FileNameT,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         uid, gid = self._ids(ctx)
         node = self.fs.symlink(self._node(parent_inode), name, target, uid, gid)
         return self._attrs(node)
 
     @handler
-    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
-                   new_name: pyfuse3.FileNameT,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -257,19 +290,27 @@ class Operations(pyfuse3.Operations):
         return self._attrs(new)
 
     @handler
-    async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                     ctx: pyfuse3.RequestContext) -> None:
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
         self.fs.unlink(self._node(parent_inode), name)
 
     @handler
-    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                    ctx: pyfuse3.RequestContext) -> None:
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
         self.fs.rmdir(self._node(parent_inode), name)
 
     @handler
-    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
-                     parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
-                     flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         old_parent = self._node(parent_inode_old)
         new_parent = self._node(parent_inode_new)
         if not self.fs.writable:
@@ -293,8 +334,9 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileHandleT(fh)
 
     @handler
-    async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
         node = self._node(inode)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
@@ -307,13 +349,18 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self._new_handle(node, fd), keep_cache=True)
 
     @handler
-    async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
-                     mode: pyfuse3.ModeT, flags: pyfuse3.FlagT,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
-                                                           pyfuse3.EntryAttributes]:
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         uid, gid = self._ids(ctx)
-        node, fd = self.fs.create(self._node(parent_inode), name, mode, flags & ~os.O_APPEND,
-                                  uid, gid)
+        node, fd = self.fs.create(
+            self._node(parent_inode), name, mode, flags & ~os.O_APPEND, uid, gid
+        )
         fh = self._new_handle(node, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(node)
 
@@ -346,20 +393,22 @@ class Operations(pyfuse3.Operations):
     # Directories -----------------------------------------------------------------------
 
     @handler
-    async def opendir(self, inode: pyfuse3.InodeT,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
         node = self._node(inode)
         # One merge per open handle: offsets index this snapshot, so they stay stable
         # while entries come and go during the listing.
-        names = [b".", b".."] + list(self.fs.list_dir(node))
+        names = [b".", b"..", *self.fs.list_dir(node)]
         fh = next(self._fh)
         self._dirs[fh] = DirHandle(node, names)
         node.opens += 1
         return pyfuse3.FileHandleT(fh)
 
     @handler
-    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
-                      token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
         dh = self._dirs[fh]
         node = dh.node
         for index in range(start_id, len(dh.names)):
@@ -367,8 +416,9 @@ class Operations(pyfuse3.Operations):
             if name in (b".", b".."):
                 # The kernel takes no lookup reference for these two.
                 target = node if name == b"." or node.parent is None else node.parent
-                if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name),
-                                             self._attrs(target), index + 1):
+                if not pyfuse3.readdir_reply(
+                    token, pyfuse3.FileNameT(name), self._attrs(target), index + 1
+                ):
                     return
                 continue
             entry = self.fs.resolve(node, name)
@@ -395,16 +445,26 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         sv = self.fs.statvfs()
         out = pyfuse3.StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
-                     "f_ffree", "f_favail", "f_namemax"):
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(out, name, getattr(sv, name))
         return out
 
     # Extended attributes ---------------------------------------------------------------
 
     @handler
-    async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
-                       ctx: pyfuse3.RequestContext) -> bytes:
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
         try:
             return self.fs.getxattr(self._node(inode), os.fsdecode(name))
         except OSError as exc:
@@ -413,14 +473,20 @@ class Operations(pyfuse3.Operations):
             raise
 
     @handler
-    async def listxattr(self, inode: pyfuse3.InodeT,
-                        ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
         names = self.fs.xattrs(self._node(inode))
         return [pyfuse3.XAttrNameT(os.fsencode(n)) for n in names]
 
     @handler
-    async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
-                       ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         node = self._node(inode)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -429,8 +495,9 @@ class Operations(pyfuse3.Operations):
         self.fs.setxattr(node, os.fsdecode(name), value)
 
     @handler
-    async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
-                          ctx: pyfuse3.RequestContext) -> None:
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
         node = self._node(inode)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -439,6 +506,7 @@ class Operations(pyfuse3.Operations):
         self.fs.removexattr(node, os.fsdecode(name))
 
     @handler
-    async def access(self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT,
-                     ctx: pyfuse3.RequestContext) -> bool:
+    async def access(
+        self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
+    ) -> bool:
         return True

@@ -15,7 +15,7 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True)
 class IdMap:
-    """uid/gid mapping ``inside:outside:count[:inside:outside:count...]`` as fuse-overlayfs takes it.
+    """uid/gid mapping ``inside:outside:count[:...]``, as fuse-overlayfs takes it.
 
     ``outside`` ids are those stored on disk; ``inside`` ids are what the mount shows.
     Ids outside every range show as the overflow id 65534.
@@ -71,6 +71,8 @@ class MountOptions:
     squash_uid: int | None = None
     squash_gid: int | None = None
     fsname: str = "layerfs"
+    # How the upper records whiteouts: "auto" (char 0/0 where mknod works), "char", "oci".
+    whiteout: str = "auto"
     # Options handed to the kernel/libfuse as they are.
     fuse_options: frozenset[str] = frozenset()
 
@@ -152,6 +154,10 @@ def parse_options(opts: Sequence[str]) -> tuple[MountOptions, list[str]]:
             if not val.isdigit():
                 raise OptionError(f"{key}={val}: expected a number")
             values["squash_uid" if key.endswith("uid") else "squash_gid"] = int(val)
+        elif key == "whiteout":
+            if val not in ("auto", "char", "oci"):
+                raise OptionError(f"whiteout={val}: expected auto, char or oci")
+            values["whiteout"] = val
         elif key == "fsname":
             if not val:
                 raise OptionError("fsname= is empty")

@@ -71,8 +71,10 @@ class UnionFS:
         self.upper: Upper | None = None
         self.meta: MetaStore | None = None
         if opts.upperdir and opts.workdir:
-            self.upper = Upper(opts.upperdir, opts.workdir)
+            self.upper = Upper(opts.upperdir, opts.workdir, opts.whiteout)
             self.meta = MetaStore(opts.workdir, durable=opts.fsync)
+            for ino in self.upper.leftover_inos:
+                self.meta.forget_ino(ino)
         self.writable = self.upper is not None and not opts.readonly
         self._overflow: dict[tuple[int, int], int] = {}
         self.table = InodeTable(self._make_root())
@@ -141,7 +143,7 @@ class UnionFS:
         return self.listings.get(index, parent or b".").entries.get(name, 0)
 
     def lower_has(self, parent: Node, name: bytes) -> bool:
-        """Whether some lower layer shows ``name`` in ``parent`` (so removing it needs a whiteout)."""
+        """Whether a lower layer shows ``name`` in ``parent`` (removing it needs a whiteout)."""
         return bool(parent.lower) and bool(self.child_stack(parent.lower, name))
 
     def resolve(self, parent: Node, name: bytes) -> Entry | None:
@@ -201,8 +203,7 @@ class UnionFS:
         # Rare: a real inode number too large for the tag scheme gets a counter value.
         key = (tag, real)
         if key not in self._overflow:
-            n = (self.meta.next_counter("overflow", 1) if self.meta
-                 else len(self._overflow) + 1)
+            n = self.meta.next_counter("overflow", 1) if self.meta else len(self._overflow) + 1
             ino = encode_ino(OVERFLOW_TAG, n)
             assert ino is not None
             self._overflow[key] = ino
@@ -259,8 +260,10 @@ class UnionFS:
 
     def nlink(self, node: Node, st: os.stat_result) -> int:
         """Link count; for directories 2 + the merged number of subdirectories."""
-        if not node.is_dir or (node.upper and not node.lower) or (
-            not node.upper and len(node.lower) == 1
+        if (
+            not node.is_dir
+            or (node.upper and not node.lower)
+            or (not node.upper and len(node.lower) == 1)
         ):
             return st.st_nlink
         if node.nlink_cache is None:
@@ -273,8 +276,11 @@ class UnionFS:
         names: dict[bytes, int] = {}
         hidden: set[bytes] = set()
         if node.upper and self.upper:
-            fd = os.open(node.path(), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=self.upper.fd)
+            fd = os.open(
+                node.path(),
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=self.upper.fd,
+            )
             try:
                 with os.scandir(fd) as it:
                     for ent in it:
@@ -318,8 +324,9 @@ class UnionFS:
             assert self.upper is not None
             return os.open(node.path(), flags, dir_fd=self.upper.fd)
         index, path = node.lower[0]
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       dir_fd=self.layers[index].fd)
+        return os.open(
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[index].fd
+        )
 
     # Copy-up ------------------------------------------------------------------------
 
@@ -331,7 +338,8 @@ class UnionFS:
     def lower_xattrs(self, ref: LowerRef) -> dict[str, bytes]:
         index, path = ref
         return {
-            k: v for k, v in self.layers[index].xattrs(path).items()
+            k: v
+            for k, v in self.layers[index].xattrs(path).items()
             if not whiteout.is_internal_xattr(k)
         }
 
@@ -344,9 +352,16 @@ class UnionFS:
         self.ensure_upper_dir(node.parent)
         st = node.lower_stat
         assert isinstance(st, os.stat_result)
-        job = CopyJob(self.layers[node.lower[0][0]].fd, node.lower[0][1], st,
-                      self.lower_xattrs(node.lower[0]), upper.work_fd, upper.tmpname(),
-                      fsync=False, xattrs_supported=upper.xattrs and self.opts.xattrs)
+        job = CopyJob(
+            self.layers[node.lower[0][0]].fd,
+            node.lower[0][1],
+            st,
+            self.lower_xattrs(node.lower[0]),
+            upper.work_fd,
+            upper.tmpname(),
+            fsync=False,
+            xattrs_supported=upper.xattrs and self.opts.xattrs,
+        )
         left = copyup.stage(job)
         if left:
             self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
@@ -360,10 +375,17 @@ class UnionFS:
         self.ensure_upper_dir(node.parent)
         st = node.lower_stat
         assert isinstance(st, os.stat_result)
-        return CopyJob(self.layers[node.lower[0][0]].fd, node.lower[0][1], st,
-                       self.lower_xattrs(node.lower[0]), upper.work_fd, upper.tmpname(),
-                       with_data=with_data, fsync=self.opts.fsync,
-                       xattrs_supported=upper.xattrs and self.opts.xattrs)
+        return CopyJob(
+            self.layers[node.lower[0][0]].fd,
+            node.lower[0][1],
+            st,
+            self.lower_xattrs(node.lower[0]),
+            upper.work_fd,
+            upper.tmpname(),
+            with_data=with_data,
+            fsync=self.opts.fsync,
+            xattrs_supported=upper.xattrs and self.opts.xattrs,
+        )
 
     def copyup_finish(self, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
         """Put a staged copy in place, unless the tree changed under it meanwhile."""
@@ -386,8 +408,12 @@ class UnionFS:
         upper.place(job.tmp, parent_path, node.name)
         lower_st = node.lower_stat
         node.upper, node.lower, node.lower_stat = True, (), None
-        if (isinstance(lower_st, os.stat_result) and stat.S_ISREG(lower_st.st_mode)
-                and lower_st.st_nlink > 1 and src is not None):
+        if (
+            isinstance(lower_st, os.stat_result)
+            and stat.S_ISREG(lower_st.st_mode)
+            and lower_st.st_nlink > 1
+            and src is not None
+        ):
             self._link_group(_join(parent_path, node.name), src, lower_st)
 
     def _link_group(self, upper_path: bytes, src: LowerRef, lower_st: os.stat_result) -> None:
@@ -402,8 +428,13 @@ class UnionFS:
             if entry.upper_st is not None or not entry.lower or entry.lower[0] != (index, other):
                 continue
             self.ensure_upper_dir(parent)
-            os.link(upper_path, _join(parent.path(), name), src_dir_fd=upper.fd,
-                    dst_dir_fd=upper.fd, follow_symlinks=False)
+            os.link(
+                upper_path,
+                _join(parent.path(), name),
+                src_dir_fd=upper.fd,
+                dst_dir_fd=upper.fd,
+                follow_symlinks=False,
+            )
             parent.nlink_cache = None
 
     def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
@@ -452,15 +483,20 @@ class UnionFS:
                 mode |= stat.S_ISGID
         return uid, gid, mode
 
-    def create(self, parent: Node, name: bytes, mode: int, flags: int, uid: int,
-               gid: int) -> tuple[Node, int]:
+    def create(
+        self, parent: Node, name: bytes, mode: int, flags: int, uid: int, gid: int
+    ) -> tuple[Node, int]:
         """Create and open a regular file; returns its node (looked up once) and fd."""
         uid, gid, mode = self._owner(parent, uid, gid, mode)
         fds: list[int] = []
 
         def maker(dir_fd: int, path: bytes) -> None:
-            fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=dir_fd)
+            fd = os.open(
+                path,
+                (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                stat.S_IMODE(mode),
+                dir_fd=dir_fd,
+            )
             fds.append(fd)
             os.fchown(fd, uid, gid)
             if mode & (stat.S_ISUID | stat.S_ISGID):
@@ -580,8 +616,9 @@ class UnionFS:
             upper.whiteout(ppath, name)
         parent.nlink_cache = None
 
-    def rename(self, old_parent: Node, old: bytes, new_parent: Node, new: bytes,
-               flags: int) -> None:
+    def rename(
+        self, old_parent: Node, old: bytes, new_parent: Node, new: bytes, flags: int
+    ) -> None:
         """Rename; non-directory sources (and targets for EXCHANGE) must be copied up first."""
         upper = self._need_writable()
         self._check_new_name(new)
@@ -642,8 +679,10 @@ class UnionFS:
                 if old_needs_wh:
                     upper.whiteout(old_parent.path(), old)
             upper.drop_wh_file(new_parent.path(), new)
-            if replaced is not None and self.meta is not None and not whiteout.is_whiteout_stat(
-                replaced
+            if (
+                replaced is not None
+                and self.meta is not None
+                and not whiteout.is_whiteout_stat(replaced)
             ):
                 if stat.S_ISDIR(replaced.st_mode):
                     self.meta.forget_ino(replaced.st_ino)
@@ -654,8 +693,9 @@ class UnionFS:
         old_parent.nlink_cache = None
         new_parent.nlink_cache = None
 
-    def _fix_moved_dir(self, node: Node, lower_path: bytes | None, parent: Node, name: bytes,
-                       path: bytes) -> None:
+    def _fix_moved_dir(
+        self, node: Node, lower_path: bytes | None, parent: Node, name: bytes, path: bytes
+    ) -> None:
         """A directory now at ``path``: keep its own lower contents, hide the new place's."""
         if not node.is_dir:
             return
@@ -676,16 +716,28 @@ class UnionFS:
 
     # Attributes and xattrs -------------------------------------------------------------
 
-    def setattr(self, node: Node, *, mode: int | None = None, uid: int | None = None,
-                gid: int | None = None, size: int | None = None,
-                times: tuple[int | None, int | None] | None = None,
-                fd: int | None = None) -> None:
+    def setattr(
+        self,
+        node: Node,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        times: tuple[int | None, int | None] | None = None,
+        fd: int | None = None,
+    ) -> None:
         """Change attributes of an object already in the upper."""
         upper = self._need_writable()
         path = node.path()
         if uid is not None or gid is not None:
-            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid,
-                     dir_fd=upper.fd, follow_symlinks=False)
+            os.chown(
+                path,
+                -1 if uid is None else uid,
+                -1 if gid is None else gid,
+                dir_fd=upper.fd,
+                follow_symlinks=False,
+            )
         if mode is not None and node.kind != stat.S_IFLNK:
             os.chmod(path, stat.S_IMODE(mode), dir_fd=upper.fd)
         if size is not None:

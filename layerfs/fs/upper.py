@@ -30,12 +30,13 @@ class UpperError(Exception):
 class Upper:
     """Owns the upper root and the work directory of one mount."""
 
-    def __init__(self, upperdir: str, workdir: str) -> None:
+    def __init__(self, upperdir: str, workdir: str, whiteout_form: str = "auto") -> None:
         self.path = upperdir
         self.workdir = workdir
         self.fd = os.open(upperdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._lock_fd = os.open(os.path.join(workdir, LOCK_NAME),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_fd = os.open(
+            os.path.join(workdir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,12 +44,21 @@ class Upper:
             os.close(self.fd)
             raise UpperError(f"workdir {workdir} is in use by another layerfs mount") from None
         tmp = os.path.join(workdir, TMP_DIR)
-        # Leftovers of a crash mid copy-up or mid whiteout: never visible, removed here.
+        # Leftovers of a crash mid copy-up or mid whiteout: never visible, removed here;
+        # their inode numbers are reported so metadata recorded for them can go too.
+        self.leftover_inos: list[int] = []
+        if os.path.isdir(tmp):
+            with os.scandir(tmp) as it:
+                self.leftover_inos = [e.inode() for e in it]
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o700)
         self.work_fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._names = itertools.count()
-        self.char_whiteouts = self._probe_mknod()
+        # "oci" keeps the upper directly usable as an OCI layer diff.
+        self.char_whiteouts = whiteout_form != "oci" and self._probe_mknod()
+        if whiteout_form == "char" and not self.char_whiteouts:
+            self.close()
+            raise UpperError(f"whiteout=char: cannot create device nodes in {workdir}")
         self.xattrs = self._probe_xattrs()
 
     def close(self) -> None:
@@ -98,8 +108,9 @@ class Upper:
             return True
         for name in whiteout.OPAQUE_XATTRS:
             try:
-                if whiteout.is_opaque_value(os.getxattr(self.proc(path), name,
-                                                        follow_symlinks=False)):
+                if whiteout.is_opaque_value(
+                    os.getxattr(self.proc(path), name, follow_symlinks=False)
+                ):
                     return True
             except OSError as exc:
                 if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
@@ -116,8 +127,10 @@ class Upper:
         """Rename a finished ``tmp`` into ``parent/name``, replacing a whiteout there."""
         dst = _join(parent, name)
         existing = self.lstat(dst)
-        if existing is not None and stat.S_ISCHR(existing.st_mode) and whiteout.is_whiteout_stat(
-            existing
+        if (
+            existing is not None
+            and stat.S_ISCHR(existing.st_mode)
+            and whiteout.is_whiteout_stat(existing)
         ):
             st = os.lstat(tmp, dir_fd=self.work_fd)
             if stat.S_ISDIR(st.st_mode):
@@ -160,8 +173,12 @@ class Upper:
         if self.char_whiteouts:
             os.rename(self.new_whiteout(), dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
             return
-        fd = os.open(_join(parent, whiteout.WH_PREFIX + name),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        fd = os.open(
+            _join(parent, whiteout.WH_PREFIX + name),
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o000,
+            dir_fd=self.fd,
+        )
         os.close(fd)
         try:
             os.unlink(dst, dir_fd=self.fd)
@@ -176,22 +193,34 @@ class Upper:
             renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
             os.rmdir(tmp, dir_fd=self.work_fd)
             return
-        fd = os.open(_join(parent, whiteout.WH_PREFIX + name),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        fd = os.open(
+            _join(parent, whiteout.WH_PREFIX + name),
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o000,
+            dir_fd=self.fd,
+        )
         os.close(fd)
         os.rmdir(dst, dir_fd=self.fd)
 
     def make_opaque_in_work(self, tmp: bytes) -> None:
         """Mark the directory ``tmp`` in the work directory opaque."""
-        fd = os.open(_join(tmp, whiteout.OPAQUE_MARKER),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.work_fd)
+        fd = os.open(
+            _join(tmp, whiteout.OPAQUE_MARKER),
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o000,
+            dir_fd=self.work_fd,
+        )
         os.close(fd)
         self._opaque_xattr(b"/proc/self/fd/%d/%s" % (self.work_fd, tmp))
 
     def make_opaque(self, path: bytes) -> None:
         """Mark the upper directory ``path`` opaque."""
-        fd = os.open(_join(path, whiteout.OPAQUE_MARKER),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=self.fd)
+        fd = os.open(
+            _join(path, whiteout.OPAQUE_MARKER),
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o000,
+            dir_fd=self.fd,
+        )
         os.close(fd)
         self._opaque_xattr(self.proc(path))
 
@@ -206,8 +235,9 @@ class Upper:
 
     def clear_dir(self, path: bytes) -> None:
         """Empty an upper directory that holds only whiteouts and markers."""
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.fd)
+        fd = os.open(
+            path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
+        )
         try:
             for name in os.listdir(fd):
                 try:

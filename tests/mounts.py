@@ -1,0 +1,191 @@
+"""Test helpers: real layerfs and kernel overlayfs mounts, always torn down, and tree snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+LAYERFS = [sys.executable, "-m", "layerfs.cli.layerfs"]
+
+
+def mounted(path: Path | str, fstype: str | None = None) -> bool:
+    """Whether ``path`` is a mount point in /proc/self/mountinfo (optionally of ``fstype``)."""
+    target = os.fsencode(os.path.realpath(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[4].decode("unicode_escape").encode("latin-1")
+            if mnt == target:
+                if fstype is None:
+                    return True
+                sep = fields.index(b"-")
+                if fields[sep + 1].decode() == fstype:
+                    return True
+    return False
+
+
+def wait_for(cond: object, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond()`` until true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class LayerfsMount:
+    mountpoint: Path
+    proc: subprocess.Popen[bytes]
+    options: str
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(self.mountpoint)],
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        try:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def layerfs_options(
+    lowers: Sequence[Path],
+    upper: Path | None = None,
+    work: Path | None = None,
+    extra: Sequence[str] = (),
+) -> str:
+    opts = ["lowerdir=" + ":".join(str(p) for p in lowers)]
+    if upper is not None and work is not None:
+        opts += [f"upperdir={upper}", f"workdir={work}"]
+    opts += list(extra)
+    return ",".join(opts)
+
+
+def start_layerfs(
+    mountpoint: Path, options: str, *, user_env: dict[str, str] | None = None
+) -> LayerfsMount:
+    """Start ``layerfs -f`` and wait until its mount shows in mountinfo."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [*LAYERFS, "-f", "-o", options, str(mountpoint)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=user_env,
+    )
+    m = LayerfsMount(mountpoint, proc, options)
+    try:
+        wait_for(
+            lambda: mounted(mountpoint, "fuse.layerfs") or proc.poll() is not None,
+            what=f"layerfs mount at {mountpoint}",
+        )
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"layerfs exited {proc.returncode}: {err}")
+    except BaseException:
+        m.stop()
+        raise
+    return m
+
+
+@contextlib.contextmanager
+def layerfs(
+    mountpoint: Path,
+    lowers: Sequence[Path],
+    upper: Path | None = None,
+    work: Path | None = None,
+    extra: Sequence[str] = (),
+) -> Iterator[LayerfsMount]:
+    m = start_layerfs(mountpoint, layerfs_options(lowers, upper, work, extra))
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@contextlib.contextmanager
+def overlay(
+    mountpoint: Path,
+    lowers: Sequence[Path],
+    upper: Path,
+    work: Path,
+    extra: str = "redirect_dir=on,index=off,metacopy=off",
+) -> Iterator[Path]:
+    """A kernel overlayfs mount: the oracle."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    if extra:
+        opts += "," + extra
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    content: str  # xxh3-64 of data, symlink target, or rdev
+    group: int  # index of the hard-link group among regular files with nlink > 1, else -1
+
+
+def snapshot(root: Path, *, times: bool = False) -> dict[str, Item]:
+    """Everything a user can see of a tree, comparable across filesystems."""
+    out: dict[str, Item] = {}
+    groups: dict[int, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            kind = stat.S_IFMT(st.st_mode)
+            content = ""
+            group = -1
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    content = xxhash.xxh3_64_hexdigest(f.read())
+                if st.st_nlink > 1:
+                    group = groups.setdefault(st.st_ino, len(groups))
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(full)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                content = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+            out[rel] = Item(
+                stat.filemode(kind | 0)[0],
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                size,
+                content + (f"@{st.st_mtime_ns}" if times else ""),
+                group,
+            )
+    return out
+
+
+def diff_snapshots(a: dict[str, Item], b: dict[str, Item]) -> list[str]:
+    """Human-readable differences between two snapshots (empty when equal)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)} != {b.get(key)}")
+    return out
