@@ -7,10 +7,12 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import xxhash
 
@@ -47,6 +49,13 @@ class LayerfsMount:
     mountpoint: Path
     proc: subprocess.Popen[bytes]
     options: str
+    stderr: IO[bytes] | None = None
+
+    def stderr_text(self) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
 
     def stop(self) -> None:
         subprocess.run(
@@ -60,6 +69,8 @@ class LayerfsMount:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        if self.stderr is not None:
+            self.stderr.close()
 
 
 def layerfs_options(
@@ -80,21 +91,22 @@ def start_layerfs(
 ) -> LayerfsMount:
     """Start ``layerfs -f`` and wait until its mount shows in mountinfo."""
     mountpoint.mkdir(parents=True, exist_ok=True)
+    # stderr to a file, not a pipe: a daemon blocked on a full pipe would hang the mount.
+    err = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [*LAYERFS, "-f", "-o", options, str(mountpoint)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=err,
         env=user_env,
     )
-    m = LayerfsMount(mountpoint, proc, options)
+    m = LayerfsMount(mountpoint, proc, options, err)
     try:
         wait_for(
             lambda: mounted(mountpoint, "fuse.layerfs") or proc.poll() is not None,
             what=f"layerfs mount at {mountpoint}",
         )
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"layerfs exited {proc.returncode}: {err}")
+            raise RuntimeError(f"layerfs exited {proc.returncode}: {m.stderr_text()}")
     except BaseException:
         m.stop()
         raise

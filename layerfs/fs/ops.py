@@ -158,6 +158,16 @@ class Operations(pyfuse3.Operations):
                 os.close(h.fd)
                 h.fd, h.on_upper = fd, True
 
+    def _real_flags(self, flags: int) -> int:
+        """Open flags for the backing file of a FUSE open."""
+        # The kernel gives every write its offset (writeback cache): O_APPEND here
+        # would make pwrite ignore it. With the writeback cache the kernel also reads
+        # through write-only handles to fill partial pages, so those must be O_RDWR.
+        flags &= ~os.O_APPEND
+        if self.enable_writeback_cache and flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags
+
     def _negative(self, parent: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(0)
@@ -343,9 +353,7 @@ class Operations(pyfuse3.Operations):
             if not self.fs.writable:
                 raise pyfuse3.FUSEError(errno.EROFS)
             await self._copy_up(node, with_data=not flags & os.O_TRUNC)
-        # The kernel gives every write its offset (writeback cache): O_APPEND here
-        # would make pwrite ignore it.
-        fd = self.fs.open_fd(node, flags & ~os.O_APPEND)
+        fd = self.fs.open_fd(node, self._real_flags(flags))
         return pyfuse3.FileInfo(fh=self._new_handle(node, fd), keep_cache=True)
 
     @handler
@@ -359,7 +367,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         uid, gid = self._ids(ctx)
         node, fd = self.fs.create(
-            self._node(parent_inode), name, mode, flags & ~os.O_APPEND, uid, gid
+            self._node(parent_inode), name, mode, self._real_flags(flags), uid, gid
         )
         fh = self._new_handle(node, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(node)
