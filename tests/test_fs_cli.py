@@ -1,0 +1,168 @@
+"""The layerfs command line: both forms, readiness, errors, signals, mount(8)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree
+from tests.mounts import LAYERFS, mounted, start_layerfs, wait_for
+
+@pytest.fixture
+def layers(tmp_path: Path) -> dict[str, Path]:
+    make_tree(tmp_path / "l1", {"top": "t", "d/one": "1"})
+    make_tree(tmp_path / "l2", {"bottom": "b", "d/two": "2"})
+    for name in ("u", "w", "m"):
+        (tmp_path / name).mkdir()
+    return {n: tmp_path / n for n in ("l1", "l2", "u", "w", "m")}
+
+
+def _opts(p: dict[str, Path]) -> str:
+    return f"lowerdir={p['l1']}:{p['l2']},upperdir={p['u']},workdir={p['w']}"
+
+
+def _daemon_pids(mountpoint: Path) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in cmd and any(b"layerfs" in c for c in cmd):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split()[2] == "Z":
+                        continue  # a zombie: PID 1 here does not reap
+            except OSError:
+                continue
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture
+def cleanup(layers: dict[str, Path]) -> Iterator[None]:
+    yield
+    subprocess.run(["fusermount3", "-u", "-z", str(layers["m"])], check=False,
+                   stderr=subprocess.DEVNULL)
+    for pid in _daemon_pids(layers["m"]):
+        os.kill(pid, signal.SIGKILL)
+
+
+def run_layerfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAYERFS, *args], capture_output=True, text=True, timeout=30,
+                          env=env)
+
+
+def test_background_mount_is_live_on_return(layers: dict[str, Path], cleanup: None) -> None:
+    r = run_layerfs("-o", _opts(layers), str(layers["m"]))
+    assert r.returncode == 0, r.stderr
+    assert mounted(layers["m"], "fuse.layerfs"), "returned before the mount was live"
+    assert sorted(os.listdir(layers["m"])) == ["bottom", "d", "top"]
+    pids = _daemon_pids(layers["m"])
+    assert len(pids) == 1
+    subprocess.run(["fusermount3", "-u", str(layers["m"])], check=True)
+    wait_for(lambda: not _daemon_pids(layers["m"]), what="daemon exit after unmount")
+
+
+def test_source_form_and_mount_fuse3(layers: dict[str, Path], cleanup: None) -> None:
+    # mount(8) runs helpers with a fixed PATH: tools/setup links layerfs into /usr/local/bin.
+    assert shutil.which("layerfs", path="/usr/local/bin:/usr/bin:/bin"), "run tools/setup"
+    r = subprocess.run(["mount", "-t", "fuse.layerfs", "layerfs", str(layers["m"]), "-o",
+                        _opts(layers)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert mounted(layers["m"], "fuse.layerfs")
+    assert (layers["m"] / "d/two").read_text() == "2"
+    (layers["m"] / "new").write_text("n")
+    subprocess.run(["umount", str(layers["m"])], check=True)
+    assert not mounted(layers["m"])
+    assert (layers["u"] / "new").read_text() == "n"
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "needle"),
+    [
+        ("bad-value", 2, "timeout=abc"),
+        ("no-lowerdir", 2, "lowerdir"),
+        ("upper-without-work", 2, "workdir"),
+        ("missing-dir", 1, "nonexistent"),
+        ("mountpoint-in-layer", 1, "inside lowerdir"),
+        ("readonly-upper", 1, "read-only"),
+        ("work-inside-upper", 1, "must not nest"),
+    ],
+)
+def test_errors_one_line_nothing_mounted(layers: dict[str, Path], tmp_path: Path, case: str,
+                                         code: int, needle: str) -> None:
+    mnt = layers["m"]
+    opts = _opts(layers)
+    ro = tmp_path / "ro"
+    if case == "bad-value":
+        opts += ",timeout=abc"
+    elif case == "no-lowerdir":
+        opts = f"upperdir={layers['u']},workdir={layers['w']}"
+    elif case == "upper-without-work":
+        opts = f"lowerdir={layers['l1']},upperdir={layers['u']}"
+    elif case == "missing-dir":
+        opts = f"lowerdir={tmp_path}/nonexistent:{layers['l2']}"
+    elif case == "mountpoint-in-layer":
+        mnt = layers["l1"] / "d"
+    elif case == "readonly-upper":
+        ro.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ro)], check=True)
+        (ro / "u").mkdir()
+        (ro / "w").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        opts = f"lowerdir={layers['l1']},upperdir={ro}/u,workdir={ro}/w"
+    elif case == "work-inside-upper":
+        (layers["u"] / "w").mkdir()
+        opts = f"lowerdir={layers['l1']},upperdir={layers['u']},workdir={layers['u']}/w"
+    try:
+        r = run_layerfs("-o", opts, str(mnt))
+    finally:
+        if case == "readonly-upper":
+            subprocess.run(["umount", str(ro)], check=True)
+    assert r.returncode == code
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and lines[0].startswith("layerfs: ")
+    assert not mounted(mnt)
+    assert not _daemon_pids(mnt)
+
+
+def test_unknown_option_warns_and_mounts(layers: dict[str, Path], cleanup: None) -> None:
+    r = run_layerfs("-o", _opts(layers) + ",frobnicate=1", str(layers["m"]))
+    assert r.returncode == 0
+    assert "unknown option 'frobnicate=1'" in r.stderr
+    assert mounted(layers["m"], "fuse.layerfs")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_unmount_cleanly(layers: dict[str, Path], sig: int) -> None:
+    m = start_layerfs(layers["m"], _opts(layers))
+    try:
+        (layers["m"] / "x").write_text("x")
+        m.proc.send_signal(sig)
+        assert m.proc.wait(timeout=10) == 0
+        assert not mounted(layers["m"])
+    finally:
+        m.stop()
+
+
+def test_second_mount_on_same_workdir_refused(layers: dict[str, Path], tmp_path: Path) -> None:
+    m = start_layerfs(layers["m"], _opts(layers))
+    try:
+        other = tmp_path / "m2"
+        other.mkdir()
+        r = run_layerfs("-o", _opts(layers), str(other))
+        assert r.returncode == 1 and "in use" in r.stderr
+        assert not mounted(other)
+    finally:
+        m.stop()
