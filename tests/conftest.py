@@ -18,10 +18,12 @@ def _layerfs_mounts() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_mounts() -> Iterator[None]:
+def _no_leftover_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Only this session's mounts: another test run on the machine may have its own.
+    base = str(tmp_path_factory.getbasetemp())
     before = set(_layerfs_mounts())
     yield
-    left = set(_layerfs_mounts()) - before
+    left = {m for m in set(_layerfs_mounts()) - before if m.startswith(base)}
     for m in left:
         subprocess.run(["fusermount3", "-u", "-z", m], check=False)
     assert not left, f"test left layerfs mounts behind: {sorted(left)}"

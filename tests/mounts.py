@@ -92,7 +92,7 @@ def start_layerfs(
     """Start ``layerfs -f`` and wait until its mount shows in mountinfo."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     # stderr to a file, not a pipe: a daemon blocked on a full pipe would hang the mount.
-    err = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by LayerfsMount.stop
     proc = subprocess.Popen(
         [*LAYERFS, "-f", "-o", options, str(mountpoint)],
         stdout=subprocess.DEVNULL,
