@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import make_tree
 from tests.mounts import LAYERFS, mounted, start_layerfs, wait_for
 
+
 @pytest.fixture
 def layers(tmp_path: Path) -> dict[str, Path]:
     make_tree(tmp_path / "l1", {"top": "t", "d/one": "1"})
@@ -51,15 +52,15 @@ def _daemon_pids(mountpoint: Path) -> list[int]:
 @pytest.fixture
 def cleanup(layers: dict[str, Path]) -> Iterator[None]:
     yield
-    subprocess.run(["fusermount3", "-u", "-z", str(layers["m"])], check=False,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["fusermount3", "-u", "-z", str(layers["m"])], check=False, stderr=subprocess.DEVNULL
+    )
     for pid in _daemon_pids(layers["m"]):
         os.kill(pid, signal.SIGKILL)
 
 
 def run_layerfs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAYERFS, *args], capture_output=True, text=True, timeout=30,
-                          env=env)
+    return subprocess.run([*LAYERFS, *args], capture_output=True, text=True, timeout=30, env=env)
 
 
 def test_background_mount_is_live_on_return(layers: dict[str, Path], cleanup: None) -> None:
@@ -76,8 +77,12 @@ def test_background_mount_is_live_on_return(layers: dict[str, Path], cleanup: No
 def test_source_form_and_mount_fuse3(layers: dict[str, Path], cleanup: None) -> None:
     # mount(8) runs helpers with a fixed PATH: tools/setup links layerfs into /usr/local/bin.
     assert shutil.which("layerfs", path="/usr/local/bin:/usr/bin:/bin"), "run tools/setup"
-    r = subprocess.run(["mount", "-t", "fuse.layerfs", "layerfs", str(layers["m"]), "-o",
-                        _opts(layers)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        ["mount", "-t", "fuse.layerfs", "layerfs", str(layers["m"]), "-o", _opts(layers)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert mounted(layers["m"], "fuse.layerfs")
     assert (layers["m"] / "d/two").read_text() == "2"
@@ -99,8 +104,9 @@ def test_source_form_and_mount_fuse3(layers: dict[str, Path], cleanup: None) -> 
         ("work-inside-upper", 1, "must not nest"),
     ],
 )
-def test_errors_one_line_nothing_mounted(layers: dict[str, Path], tmp_path: Path, case: str,
-                                         code: int, needle: str) -> None:
+def test_errors_one_line_nothing_mounted(
+    layers: dict[str, Path], tmp_path: Path, case: str, code: int, needle: str
+) -> None:
     mnt = layers["m"]
     opts = _opts(layers)
     ro = tmp_path / "ro"

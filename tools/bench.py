@@ -1,4 +1,4 @@
-"""Side-by-side benchmark: native dir, kernel overlayfs, fuse-overlayfs and layerfs on the same layers.
+"""Side-by-side benchmark of native dir, kernel overlayfs, fuse-overlayfs and layerfs.
 
 Builds its layers once (a 20,000-file tree in 200 dirs, a 512 MiB file, a 1,000-file dir to
 delete, a top layer overriding 2,000 files), then runs every workload on a fresh mount per
