@@ -22,6 +22,7 @@ from .sidecar import XattrMap, load_sidecar
 # Directory-entry types as scandir reports them; DT_UNKNOWN falls back to lstat.
 DT_DIR = stat.S_IFDIR
 DT_OTHER = 0
+STAT_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,20 @@ class Layer:
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.sidecar: XattrMap = load_sidecar(path)
         self._hardlinks: dict[int, list[bytes]] | None = None
+        # Stats of an immutable tree never go stale: readdir re-resolves every entry
+        # of every listing, and this spares it a syscall each.
+        self._stats: OrderedDict[bytes, os.stat_result] = OrderedDict()
 
     def close(self) -> None:
         os.close(self.fd)
 
     def lstat(self, path: bytes) -> os.stat_result:
-        return os.lstat(path, dir_fd=self.fd)
+        st = self._stats.get(path)
+        if st is None:
+            st = self._stats[path] = os.lstat(path, dir_fd=self.fd)
+            if len(self._stats) > STAT_CACHE_SIZE:
+                self._stats.popitem(last=False)
+        return st
 
     def read_listing(self, path: bytes) -> Listing:
         """List ``path`` (a directory of this layer) and classify its entries."""

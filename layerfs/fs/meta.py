@@ -43,6 +43,11 @@ class MetaStore:
         self.redirects: dict[int, bytes] = {
             ino: bytes(p) for ino, p in self._db.execute("SELECT ino, path FROM redirect")
         }
+        # The kernel asks for security.capability before every write: answer from memory
+        # for the (usual) objects that have no fallback xattrs at all.
+        self._xattr_inos: set[int] = {
+            ino for (ino,) in self._db.execute("SELECT DISTINCT ino FROM xattr")
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -65,10 +70,10 @@ class MetaStore:
                 self._db.execute("DELETE FROM xattr WHERE ino = ?", (ino,))
             self.origins.pop(ino, None)
             self.redirects.pop(ino, None)
+            self._xattr_inos.discard(ino)
 
     def _has_xattrs(self, ino: int) -> bool:
-        row = self._db.execute("SELECT 1 FROM xattr WHERE ino = ? LIMIT 1", (ino,)).fetchone()
-        return row is not None
+        return ino in self._xattr_inos
 
     def next_counter(self, name: str, start: int) -> int:
         """A persistent counter, for inode numbers too large to encode."""
@@ -81,11 +86,14 @@ class MetaStore:
 
     # Fallback xattrs (upper without xattr support).
     def get_xattrs(self, ino: int) -> dict[str, bytes]:
+        if ino not in self._xattr_inos:
+            return {}
         rows = self._db.execute("SELECT name, value FROM xattr WHERE ino = ?", (ino,))
         return {name: bytes(value) for name, value in rows}
 
     def set_xattr(self, ino: int, name: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO xattr VALUES (?, ?, ?)", (ino, name, value))
+        self._xattr_inos.add(ino)
 
     def set_xattrs(self, ino: int, values: dict[str, bytes]) -> None:
         with self._db:
@@ -94,6 +102,10 @@ class MetaStore:
             self._db.executemany(
                 "INSERT INTO xattr VALUES (?, ?, ?)", [(ino, n, v) for n, v in values.items()]
             )
+        if values:
+            self._xattr_inos.add(ino)
+        else:
+            self._xattr_inos.discard(ino)
 
     def remove_xattr(self, ino: int, name: str) -> bool:
         cur = self._db.execute("DELETE FROM xattr WHERE ino = ? AND name = ?", (ino, name))
