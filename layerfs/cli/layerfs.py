@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import logging.handlers
 import os
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"layerfs: warning: {w}", file=sys.stderr)
     foreground = args.foreground or args.debug
     _setup_logging(foreground, args.debug, args.log)
+    if args.source and not any(o.startswith("fsname=") for o in split_options(args.options)):
+        # The mount table shows what mount(8) was given as the source, as for any filesystem.
+        opts = dataclasses.replace(opts, fsname=args.source)
     cfg = DaemonConfig(os.path.realpath(args.mountpoint), absolute(opts), foreground, args.debug)
     try:
         return run(cfg)

@@ -135,8 +135,11 @@ class Upper:
             st = os.lstat(tmp, dir_fd=self.work_fd)
             if stat.S_ISDIR(st.st_mode):
                 # A directory cannot replace a non-directory by rename: swap, then drop.
-                renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
-                os.unlink(tmp, dir_fd=self.work_fd)
+                if self._exchange(tmp, dst):
+                    os.unlink(tmp, dir_fd=self.work_fd)
+                else:
+                    os.unlink(dst, dir_fd=self.fd)
+                    os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
             else:
                 os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
         else:
@@ -190,8 +193,11 @@ class Upper:
         dst = _join(parent, name)
         if self.char_whiteouts:
             tmp = self.new_whiteout()
-            renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
-            os.rmdir(tmp, dir_fd=self.work_fd)
+            if self._exchange(tmp, dst):
+                os.rmdir(tmp, dir_fd=self.work_fd)
+            else:
+                os.rmdir(dst, dir_fd=self.fd)
+                os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
             return
         fd = os.open(
             _join(parent, whiteout.WH_PREFIX + name),
@@ -201,6 +207,20 @@ class Upper:
         )
         os.close(fd)
         os.rmdir(dst, dir_fd=self.fd)
+
+    def _exchange(self, tmp: bytes, dst: bytes) -> bool:
+        """Swap ``tmp`` (work dir) with ``dst`` (upper) atomically; False where unsupported.
+
+        zfs-fuse, for one, has no RENAME_EXCHANGE: callers then fall back to two
+        steps, which a crash in between could leave half done (the lower entry shows).
+        """
+        try:
+            renameat2(self.work_fd, tmp, self.fd, dst, RENAME_EXCHANGE)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                return False
+            raise
+        return True
 
     def make_opaque_in_work(self, tmp: bytes) -> None:
         """Mark the directory ``tmp`` in the work directory opaque."""
