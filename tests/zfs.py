@@ -1,4 +1,4 @@
-"""A real ZFS pool for tests: zfs-fuse on a sparse file vdev, created and destroyed by the fixture."""
+"""A real ZFS pool for tests: zfs-fuse on a sparse file vdev, made and destroyed by a fixture."""
 
 from __future__ import annotations
 
@@ -64,6 +64,17 @@ def zfs_pool(workdir: Path, name: str, size: str = "2G") -> Iterator[str]:
             time.sleep(0.25)
         vdev.unlink(missing_ok=True)
         if started:
-            pid = _zfs_fuse_pid()
-            if pid is not None:
-                os.kill(pid, 15)
+            _stop_zfs_fuse()
+
+
+def _stop_zfs_fuse() -> None:
+    pid = _zfs_fuse_pid()
+    if pid is None:
+        return
+    os.kill(pid, 15)
+    deadline = time.monotonic() + 15
+    while _zfs_fuse_pid() is not None:  # gone, or a zombie nobody reaps
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            break
+        time.sleep(0.05)
