@@ -40,6 +40,24 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def zfs_running() -> Iterator[None]:
+    """zfs-fuse for the whole session (started and stopped by the session if needed)."""
+    from tests.zfs import zfs_daemon
+
+    with zfs_daemon():
+        yield
+
+
+@pytest.fixture
+def zpool(tmp_path: Path, zfs_running: None) -> Iterator[str]:
+    """A fresh ZFS pool on a sparse file, destroyed after the test."""
+    from tests.zfs import zfs_pool
+
+    with zfs_pool(tmp_path, f"lfs{os.getpid()}x{abs(hash(str(tmp_path))) % 100000}") as pool:
+        yield pool
+
+
 def make_tree(root: Path, spec: dict[str, str | bytes | None]) -> None:
     """Build a tree: value str/bytes = file content, None = directory, 'link:->T' = symlink."""
     root.mkdir(parents=True, exist_ok=True)

@@ -510,40 +510,37 @@ def test_forget_frees_inodes_and_no_fd_per_inode(tmp_path: Path, stack: dict[str
 
 
 @pytest.mark.zfs
-def test_upper_on_zfs_without_xattrs(tmp_path: Path, stack: dict[str, Path]) -> None:
-    from tests.zfs import zfs_pool
-
-    with zfs_pool(tmp_path, f"lfsup{os.getpid()}") as pool:
-        subprocess.run(["zfs", "create", f"{pool}/c"], check=True)
-        base = Path(
-            subprocess.run(
-                ["zfs", "get", "-H", "-o", "value", "mountpoint", f"{pool}/c"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
-        upper, work = base / "upper", base / "work"
-        upper.mkdir()
-        work.mkdir()
-        args = ([stack["l1"], stack["l2"]], upper, work)
-        with layerfs(stack["mnt"], *args) as m:
-            root = m.mountpoint
-            os.unlink(root / "d/keep")
-            subprocess.run(["rm", "-rf", str(root / "tree")], check=True)
-            subprocess.run(["rm", "-rf", str(root / "opq")], check=True)
-            os.mkdir(root / "opq")
-            os.chmod(root / "a", 0o700)  # copy-up keeps user.note although the upper cannot
-            os.setxattr(root / "d/y", "user.set", b"on-zfs")
-            os.rename(root / "d", root / "d2")
-            view = snapshot(root)
-            assert os.getxattr(root / "a", "user.note") == b"hello"
-            with open(upper / "a", "rb") as f:  # the upper really has no xattrs
-                assert errno_of(os.setxattr, f.fileno(), "user.x", b"1") == errno.ENOTSUP
-        assert stat.S_ISCHR(os.lstat(upper / "tree").st_mode)
-        assert (upper / "opq/.wh..wh..opq").exists()
-        with layerfs(stack["mnt"], *args) as m:
-            assert snapshot(m.mountpoint) == view
-            assert os.getxattr(m.mountpoint / "a", "user.note") == b"hello"
-            assert os.getxattr(m.mountpoint / "d2/y", "user.set") == b"on-zfs"
-            assert os.listdir(m.mountpoint / "opq") == []
+def test_upper_on_zfs_without_xattrs(zpool: str, stack: dict[str, Path]) -> None:
+    subprocess.run(["zfs", "create", f"{zpool}/c"], check=True)
+    base = Path(
+        subprocess.run(
+            ["zfs", "get", "-H", "-o", "value", "mountpoint", f"{zpool}/c"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    upper, work = base / "upper", base / "work"
+    upper.mkdir()
+    work.mkdir()
+    args = ([stack["l1"], stack["l2"]], upper, work)
+    with layerfs(stack["mnt"], *args) as m:
+        root = m.mountpoint
+        os.unlink(root / "d/keep")
+        subprocess.run(["rm", "-rf", str(root / "tree")], check=True)
+        subprocess.run(["rm", "-rf", str(root / "opq")], check=True)
+        os.mkdir(root / "opq")
+        os.chmod(root / "a", 0o700)  # copy-up keeps user.note although the upper cannot
+        os.setxattr(root / "d/y", "user.set", b"on-zfs")
+        os.rename(root / "d", root / "d2")
+        view = snapshot(root)
+        assert os.getxattr(root / "a", "user.note") == b"hello"
+        with open(upper / "a", "rb") as f:  # the upper really has no xattrs
+            assert errno_of(os.setxattr, f.fileno(), "user.x", b"1") == errno.ENOTSUP
+    assert stat.S_ISCHR(os.lstat(upper / "tree").st_mode)
+    assert (upper / "opq/.wh..wh..opq").exists()
+    with layerfs(stack["mnt"], *args) as m:
+        assert snapshot(m.mountpoint) == view
+        assert os.getxattr(m.mountpoint / "a", "user.note") == b"hello"
+        assert os.getxattr(m.mountpoint / "d2/y", "user.set") == b"on-zfs"
+        assert os.listdir(m.mountpoint / "opq") == []
