@@ -218,6 +218,17 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         handle = self._files.get(fh) if fh is not None else None
         truncating = fields.update_size and attr.st_size == 0
+        if not (
+            fields.update_mode
+            or fields.update_uid
+            or fields.update_gid
+            or fields.update_size
+            or fields.update_atime
+            or fields.update_mtime
+        ):
+            # Only ctime: the kernel's writeback cache flushes it after an unlink or
+            # rename. The backing file keeps its own ctime; nothing to copy up.
+            return self._attrs(node)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         await self._copy_up(node, with_data=not truncating)

@@ -435,7 +435,6 @@ class UnionFS:
                 dst_dir_fd=upper.fd,
                 follow_symlinks=False,
             )
-            parent.nlink_cache = None
 
     def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
         """Resolve a merged path from the root: (parent node, name, entry)."""
@@ -472,7 +471,6 @@ class UnionFS:
         else:
             maker(upper.fd, path)
             upper.drop_wh_file(ppath, name)
-        parent.nlink_cache = None
         return path
 
     def _owner(self, parent: Node, uid: int, gid: int, mode: int) -> tuple[int, int, int]:
@@ -530,6 +528,7 @@ class UnionFS:
                 upper.make_opaque_in_work(path)
 
         self._make(parent, name, maker)
+        parent.nlink_cache = None
         return self.lookup(parent, name)
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
@@ -588,7 +587,6 @@ class UnionFS:
             self._gone(entry.upper_st)
         else:
             upper.whiteout(ppath, name)
-        parent.nlink_cache = None
 
     def _gone(self, st: os.stat_result) -> None:
         if st.st_nlink <= 1 and self.meta:
@@ -690,8 +688,9 @@ class UnionFS:
                     self._gone(replaced)
             self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
         self._moved(src_node, new_parent, new)
-        old_parent.nlink_cache = None
-        new_parent.nlink_cache = None
+        if src.kind == stat.S_IFDIR or (dst is not None and dst.kind == stat.S_IFDIR):
+            old_parent.nlink_cache = None  # only directories count in a directory's links
+            new_parent.nlink_cache = None
 
     def _fix_moved_dir(
         self, node: Node, lower_path: bytes | None, parent: Node, name: bytes, path: bytes
