@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -24,7 +25,7 @@ import trio
 
 from . import copyup
 from .inodes import InodeTableError, Node
-from .union import LOWER_TIMEOUT, UnionFS
+from .union import LOWER_TIMEOUT, Entry, UnionFS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ class FileHandle:
 class DirHandle:
     node: Node
     names: list[bytes]
+    # For a directory only in lower layers: every entry resolved, with its attributes.
+    resolved: list[tuple[Entry, pyfuse3.EntryAttributes]] | None = None
+
+
+# Entries whose readdir attributes are kept for lower-only directories.
+LISTING_CACHE_ENTRIES = 200_000
 
 
 class Operations(pyfuse3.Operations):
@@ -80,6 +87,12 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
+        # A lower-only directory cannot change until it is copied up, so its resolved
+        # listing serves every later readdir (find over a warm tree reads it again).
+        self._listings: OrderedDict[
+            int, tuple[list[bytes], list[tuple[Entry, pyfuse3.EntryAttributes]]]
+        ] = OrderedDict()
+        self._listed = 0
 
     def stats(self) -> dict[str, int]:
         """Counters for SIGUSR1 and tests: what the daemon holds right now."""
@@ -418,11 +431,38 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         # One merge per open handle: offsets index this snapshot, so they stay stable
         # while entries come and go during the listing.
-        names = [b".", b"..", *self.fs.list_dir(node)]
+        if node.upper:
+            if self._listings.pop(node.ino, None) is not None:
+                self._listed = sum(len(n) for n, _ in self._listings.values())
+            handle = DirHandle(node, [b".", b"..", *self.fs.list_dir(node)])
+        else:
+            names, resolved = self._lower_listing(node)
+            handle = DirHandle(node, names, resolved)
         fh = next(self._fh)
-        self._dirs[fh] = DirHandle(node, names)
+        self._dirs[fh] = handle
         node.opens += 1
         return pyfuse3.FileHandleT(fh)
+
+    def _lower_listing(
+        self, node: Node
+    ) -> tuple[list[bytes], list[tuple[Entry, pyfuse3.EntryAttributes]]]:
+        cached = self._listings.get(node.ino)
+        if cached is not None:
+            self._listings.move_to_end(node.ino)
+            return cached
+        names: list[bytes] = [b".", b".."]
+        resolved: list[tuple[Entry, pyfuse3.EntryAttributes]] = []
+        for name in self.fs.list_dir(node):
+            entry = self.fs.resolve(node, name)
+            if entry is not None:
+                names.append(name)
+                resolved.append((entry, self._attrs(self.fs.node_of(node, name, entry))))
+        self._listings[node.ino] = (names, resolved)
+        self._listed += len(names)
+        while self._listed > LISTING_CACHE_ENTRIES and len(self._listings) > 1:
+            _, (old, _) = self._listings.popitem(last=False)
+            self._listed -= len(old)
+        return names, resolved
 
     @handler
     async def readdir(
@@ -440,10 +480,19 @@ class Operations(pyfuse3.Operations):
                 ):
                     return
                 continue
-            entry = self.fs.resolve(node, name)
-            if entry is None:
+            if dh.resolved is not None and not node.upper:
+                entry, attrs = dh.resolved[index - 2]
+                if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), attrs, index + 1):
+                    return
+                child = self.table.find(attrs.st_ino)
+                if child is None:
+                    child = self.table.add(self.fs.node_of(node, name, entry))
+                child.nlookup += 1
                 continue
-            child = self.fs.node_of(node, name, entry)
+            found = self.fs.resolve(node, name)
+            if found is None:
+                continue
+            child = self.fs.node_of(node, name, found)
             attrs = self._attrs(child)
             if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), attrs, index + 1):
                 return
