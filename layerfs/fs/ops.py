@@ -104,8 +104,11 @@ class Operations(pyfuse3.Operations):
         return self.table.get(ino)
 
     def _any_fd(self, node: Node) -> int | None:
+        # An open upper file answers for its inode even after its name is gone or reused.
         for fh in node.handles:
-            return self._files[fh].fd
+            h = self._files[fh]
+            if h.on_upper:
+                return h.fd
         return None
 
     def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
@@ -231,17 +234,22 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         handle = self._files.get(fh) if fh is not None else None
         truncating = fields.update_size and attr.st_size == 0
-        if not (
+        other = (
             fields.update_mode
             or fields.update_uid
             or fields.update_gid
             or fields.update_size
             or fields.update_atime
-            or fields.update_mtime
-        ):
-            # Only ctime: the kernel's writeback cache flushes it after an unlink or
-            # rename. The backing file keeps its own ctime; nothing to copy up.
-            return self._attrs(node)
+        )
+        if not other and not node.upper:
+            # The writeback cache flushes ctime, and an mtime it never changed, after an
+            # unlink or a rename: nothing worth a copy-up. An object no longer in the
+            # tree gets ENOENT, as from any filesystem.
+            if not self.fs.is_linked(node):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            st = self.fs.stat(node)
+            if not fields.update_mtime or attr.st_mtime_ns == st.st_mtime_ns:
+                return self._attrs(node, st)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         await self._copy_up(node, with_data=not truncating)

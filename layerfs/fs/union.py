@@ -51,6 +51,11 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return name if parent == b"." else parent + b"/" + name
 
 
+def _times(times: tuple[int | None, int | None], st: os.stat_result) -> tuple[int, int]:
+    atime, mtime = times
+    return (st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime)
+
+
 @dataclass(frozen=True)
 class Entry:
     """What a name resolves to right now."""
@@ -241,6 +246,13 @@ class UnionFS:
             raise _err(errno.ENOENT, name)
         return entry, self.node_of(parent, name, entry)
 
+    def is_linked(self, node: Node) -> bool:
+        """Whether ``node``'s recorded name still leads to it."""
+        if node.parent is None:
+            return True
+        entry = self.resolve(node.parent, node.name)
+        return entry is not None and self.ino_of(entry) == node.ino
+
     def timeout(self, node: Node) -> float:
         return self.opts.timeout if node.upper else LOWER_TIMEOUT
 
@@ -251,10 +263,10 @@ class UnionFS:
             assert isinstance(node.lower_stat, os.stat_result)
             return node.lower_stat
         assert self.upper is not None
+        if fd is not None:
+            return os.fstat(fd)
         st = self.upper.lstat(node.path())
         if st is None or whiteout.is_whiteout_stat(st):
-            if fd is not None:
-                return os.fstat(fd)
             raise _err(errno.ENOENT, node.path())
         return st
 
@@ -726,8 +738,17 @@ class UnionFS:
         times: tuple[int | None, int | None] | None = None,
         fd: int | None = None,
     ) -> None:
-        """Change attributes of an object already in the upper."""
+        """Change attributes of an object already in the upper.
+
+        An object no longer reachable by its name (unlinked, still open) is changed
+        through ``fd``, never through a path that may now name something else.
+        """
         upper = self._need_writable()
+        if not self.is_linked(node):
+            if fd is None:
+                raise _err(errno.ENOENT, node.path())
+            self._setattr_fd(fd, mode, uid, gid, size, times, node.kind)
+            return
         path = node.path()
         if uid is not None or gid is not None:
             os.chown(
@@ -740,21 +761,38 @@ class UnionFS:
         if mode is not None and node.kind != stat.S_IFLNK:
             os.chmod(path, stat.S_IMODE(mode), dir_fd=upper.fd)
         if size is not None:
-            if fd is not None:
-                os.ftruncate(fd, size)
-            else:
-                tfd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper.fd)
-                try:
-                    os.ftruncate(tfd, size)
-                finally:
+            tfd = (
+                fd
+                if fd is not None
+                else os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper.fd)
+            )
+            try:
+                os.ftruncate(tfd, size)
+            finally:
+                if tfd != fd:
                     os.close(tfd)
         if times is not None:
-            atime, mtime = times
-            if atime is None or mtime is None:
-                st = os.lstat(path, dir_fd=upper.fd)
-                atime = st.st_atime_ns if atime is None else atime
-                mtime = st.st_mtime_ns if mtime is None else mtime
-            os.utime(path, ns=(atime, mtime), dir_fd=upper.fd, follow_symlinks=False)
+            st = os.lstat(path, dir_fd=upper.fd)
+            os.utime(path, ns=_times(times, st), dir_fd=upper.fd, follow_symlinks=False)
+
+    @staticmethod
+    def _setattr_fd(
+        fd: int,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        size: int | None,
+        times: tuple[int | None, int | None] | None,
+        kind: int,
+    ) -> None:
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None and kind != stat.S_IFLNK:
+            os.fchmod(fd, stat.S_IMODE(mode))
+        if size is not None:
+            os.ftruncate(fd, size)
+        if times is not None:
+            os.utime(fd, ns=_times(times, os.fstat(fd)))
 
     def check_xattr_name(self, name: str) -> None:
         """Refuse to set ``name`` before anything is copied up for it."""
