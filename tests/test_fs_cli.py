@@ -172,3 +172,29 @@ def test_second_mount_on_same_workdir_refused(layers: dict[str, Path], tmp_path:
         assert not mounted(other)
     finally:
         m.stop()
+
+
+def test_mount_t_layerfs_and_fstab(layers: dict[str, Path], tmp_path: Path, cleanup: None) -> None:
+    assert os.path.exists("/sbin/mount.layerfs"), "run tools/setup"
+    r = subprocess.run(
+        ["mount", "-t", "layerfs", "app", str(layers["m"]), "-o", _opts(layers)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert mounted(layers["m"], "fuse.layerfs")
+    assert sorted(os.listdir(layers["m"])) == ["bottom", "d", "top"]
+    subprocess.run(["umount", str(layers["m"])], check=True)
+    assert not mounted(layers["m"])
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"app {layers['m']} layerfs {_opts(layers)},nofail 0 0\n")
+    r = subprocess.run(
+        ["mount", "-a", "-T", str(fstab)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stderr
+    assert mounted(layers["m"], "fuse.layerfs")
+    with open("/proc/self/mountinfo") as f:
+        assert any(f" {layers['m']} " in line and " app " in line for line in f)
+    subprocess.run(["umount", str(layers["m"])], check=True)
+    assert not mounted(layers["m"])
