@@ -22,6 +22,8 @@ TAG_SHIFT = 48
 MAX_REAL_INO = (1 << TAG_SHIFT) - 1
 UPPER_TAG = 1
 OVERFLOW_TAG = 0xFFFF
+# Set in the tag of a lower hard-link name left out of its group's copy-up.
+DETACHED_BIT = 0x8000 << TAG_SHIFT
 
 # (layer index, path inside that layer): where an object's lower part lives.
 LowerRef = tuple[int, bytes]
@@ -57,6 +59,8 @@ class Node:
     lower_stat: object | None = None
     nlink_cache: int | None = None
     handles: set[int] = field(default_factory=set)
+    # Other names a hard-linked node is known by, besides parent/name.
+    links: list[tuple[Node, bytes]] = field(default_factory=list)
 
     @property
     def is_dir(self) -> bool:
@@ -117,6 +121,29 @@ class InodeTable:
         node.name = name
         if node.ino in self._nodes:
             parent.kids += 1
+
+    def add_name(self, node: Node, parent: Node, name: bytes) -> None:
+        """Make ``parent/name`` the node's name, keeping its previous one as an alias."""
+        if node.parent is parent and node.name == name:
+            return
+        if not node.is_dir and node.parent is not None:
+            node.links.append((node.parent, node.name))
+        node.links = [(p, n) for p, n in node.links if not (p.ino == parent.ino and n == name)]
+        self._set_name(node, parent, name)
+
+    def drop_name(self, node: Node, parent: Node, name: bytes) -> None:
+        """``parent/name`` no longer leads to ``node``; fall back on another known name."""
+        node.links = [(p, n) for p, n in node.links if not (p.ino == parent.ino and n == name)]
+        primary = node.parent is not None and node.parent.ino == parent.ino and node.name == name
+        if primary and node.links:
+            p, n = node.links.pop()
+            self._set_name(node, p, n)
+
+    def _set_name(self, node: Node, parent: Node, name: bytes) -> None:
+        if node.ino in self._nodes and self._nodes[node.ino] is node:
+            self.move(node, parent, name)
+        else:
+            node.parent, node.name = parent, name
 
     def forget(self, ino: int, count: int) -> None:
         node = self._nodes.get(ino)

@@ -40,6 +40,7 @@ class MetaStore:
         self._db.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
         self._db.executescript(_SCHEMA)
         self.origins: dict[int, int] = dict(self._db.execute("SELECT ino, origin FROM origin"))
+        self.claimed: set[int] = set(self.origins.values())
         self.redirects: dict[int, bytes] = {
             ino: bytes(p) for ino, p in self._db.execute("SELECT ino, path FROM redirect")
         }
@@ -55,6 +56,7 @@ class MetaStore:
     def set_origin(self, ino: int, origin: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO origin VALUES (?, ?)", (ino, origin))
         self.origins[ino] = origin
+        self.claimed.add(origin)
 
     def set_redirect(self, ino: int, path: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO redirect VALUES (?, ?)", (ino, path))
@@ -68,7 +70,9 @@ class MetaStore:
                 self._db.execute("DELETE FROM origin WHERE ino = ?", (ino,))
                 self._db.execute("DELETE FROM redirect WHERE ino = ?", (ino,))
                 self._db.execute("DELETE FROM xattr WHERE ino = ?", (ino,))
-            self.origins.pop(ino, None)
+            origin = self.origins.pop(ino, None)
+            if origin is not None:
+                self.claimed.discard(origin)
             self.redirects.pop(ino, None)
             self._xattr_inos.discard(ino)
 

@@ -184,6 +184,17 @@ class Operations(pyfuse3.Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags
 
+    def _dot_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        # The kernel reads only the number and type of "." and ".."; a directory
+        # removed while open has nothing more to give.
+        try:
+            return self._attrs(node)
+        except OSError:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = pyfuse3.InodeT(node.ino)
+            a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o755)
+            return a
+
     def _negative(self, parent: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.InodeT(0)
@@ -233,6 +244,11 @@ class Operations(pyfuse3.Operations):
         log.debug("setattr %d", inode)
         node = self._node(inode)
         handle = self._files.get(fh) if fh is not None else None
+        if handle is None:
+            # fchmod/fchown/futimens come without a handle: an unlinked open file is
+            # still reachable through any of its own.
+            fd = self._any_fd(node)
+            handle = FileHandle(fd, node, True) if fd is not None else None
         truncating = fields.update_size and attr.st_size == 0
         other = (
             fields.update_mode
@@ -243,12 +259,14 @@ class Operations(pyfuse3.Operations):
         )
         if not other and not node.upper:
             # The writeback cache flushes ctime, and an mtime it never changed, after an
-            # unlink or a rename: nothing worth a copy-up. An object no longer in the
-            # tree gets ENOENT, as from any filesystem.
-            if not self.fs.is_linked(node):
-                raise pyfuse3.FUSEError(errno.ENOENT)
+            # unlink or a rename (and on close): nothing worth a copy-up. A lower object
+            # that lost its name keeps its attributes (an error here fails close(2)).
             st = self.fs.stat(node)
-            if not fields.update_mtime or attr.st_mtime_ns == st.st_mtime_ns:
+            if (
+                not fields.update_mtime
+                or attr.st_mtime_ns == st.st_mtime_ns
+                or not self.fs.is_linked(node)
+            ):
                 return self._attrs(node, st)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -484,7 +502,7 @@ class Operations(pyfuse3.Operations):
                 # The kernel takes no lookup reference for these two.
                 target = node if name == b"." or node.parent is None else node.parent
                 if not pyfuse3.readdir_reply(
-                    token, pyfuse3.FileNameT(name), self._attrs(target), index + 1
+                    token, pyfuse3.FileNameT(name), self._dot_attrs(target), index + 1
                 ):
                     return
                 continue

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from . import copyup, whiteout
 from .copyup import CopyJob
 from .inodes import (
+    DETACHED_BIT,
     OVERFLOW_TAG,
     ROOT_INO,
     UPPER_TAG,
@@ -54,6 +55,10 @@ def _join(parent: bytes, name: bytes) -> bytes:
 def _times(times: tuple[int | None, int | None], st: os.stat_result) -> tuple[int, int]:
     atime, mtime = times
     return (st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime)
+
+
+def _keep_times(dir_fd: int, path: bytes, st: os.stat_result) -> None:
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,12 @@ class UnionFS:
         """The stable inode number of a resolved object (see ``inodes``)."""
         if entry.lower_st is not None and (entry.upper_st is None or entry.kind == stat.S_IFDIR):
             index = entry.lower[0][0]
-            return self._encode(lower_tag(index), entry.lower_st.st_ino)
+            ino = self._encode(lower_tag(index), entry.lower_st.st_ino)
+            if entry.upper_st is None and self.meta and ino in self.meta.claimed:
+                # A lower hard-link name its copied-up group could not take along (it sits
+                # below a renamed directory): a file of its own now, with its own number.
+                return ino | DETACHED_BIT
+            return ino
         assert entry.upper_st is not None and self.meta is not None
         origin = self.meta.origins.get(entry.upper_st.st_ino)
         if origin is not None:
@@ -221,8 +231,7 @@ class UnionFS:
         if node is None:
             node = Node(ino, parent, name, entry.kind, entry.upper_st is not None, entry.lower)
         else:
-            if node.parent is not parent or node.name != name:
-                self.table.move(node, parent, name)
+            self.table.add_name(node, parent, name)
             node.kind = entry.kind
             node.upper = entry.upper_st is not None
             node.lower = entry.lower
@@ -287,6 +296,8 @@ class UnionFS:
         """The merged entries of a directory: name -> S_IFMT, no markers, no duplicates."""
         names: dict[bytes, int] = {}
         hidden: set[bytes] = set()
+        if node.upper and self.upper and not self.is_linked(node):
+            return names  # removed while open: empty, as POSIX has it
         if node.upper and self.upper:
             fd = os.open(
                 node.path(),
@@ -377,7 +388,7 @@ class UnionFS:
         left = copyup.stage(job)
         if left:
             self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
-        upper.place(job.tmp, node.parent.path(), node.name)
+        self._place_copy(job.tmp, node.parent.path(), node.name)
         node.upper = True
 
     def copyup_job(self, node: Node, *, with_data: bool = True) -> CopyJob:
@@ -417,7 +428,7 @@ class UnionFS:
         if left:
             self.meta.set_xattrs(tmp_ino, left)
         parent_path = node.parent.path()
-        upper.place(job.tmp, parent_path, node.name)
+        self._place_copy(job.tmp, parent_path, node.name)
         lower_st = node.lower_stat
         node.upper, node.lower, node.lower_stat = True, (), None
         if (
@@ -427,6 +438,14 @@ class UnionFS:
             and src is not None
         ):
             self._link_group(_join(parent_path, node.name), src, lower_st)
+
+    def _place_copy(self, tmp: bytes, parent_path: bytes, name: bytes) -> None:
+        """Place a copy-up: invisible in the merged view, so the parent keeps its times."""
+        upper = self._need_writable()
+        before = upper.lstat(parent_path)
+        upper.place(tmp, parent_path, name)
+        if before is not None:
+            _keep_times(upper.fd, parent_path, before)
 
     def _link_group(self, upper_path: bytes, src: LowerRef, lower_st: os.stat_result) -> None:
         """Link every other visible name of a lower hard-link group to the new upper copy."""
@@ -440,6 +459,7 @@ class UnionFS:
             if entry.upper_st is not None or not entry.lower or entry.lower[0] != (index, other):
                 continue
             self.ensure_upper_dir(parent)
+            before = upper.lstat(parent.path())
             os.link(
                 upper_path,
                 _join(parent.path(), name),
@@ -447,6 +467,8 @@ class UnionFS:
                 dst_dir_fd=upper.fd,
                 follow_symlinks=False,
             )
+            if before is not None:
+                _keep_times(upper.fd, parent.path(), before)
 
     def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
         """Resolve a merged path from the root: (parent node, name, entry)."""
@@ -599,6 +621,12 @@ class UnionFS:
             self._gone(entry.upper_st)
         else:
             upper.whiteout(ppath, name)
+        self._name_gone(entry, parent, name)
+
+    def _name_gone(self, entry: Entry, parent: Node, name: bytes) -> None:
+        node = self.table.find(self.ino_of(entry))
+        if node is not None:
+            self.table.drop_name(node, parent, name)
 
     def _gone(self, st: os.stat_result) -> None:
         if st.st_nlink <= 1 and self.meta:
@@ -668,7 +696,8 @@ class UnionFS:
             renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
             self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
             self._fix_moved_dir(dst_node, dst_lower_ref, old_parent, old, old_path)
-            self._moved(dst_node, old_parent, old)
+            self._moved(src_node, old_parent, old, new_parent, new)
+            self._moved(dst_node, new_parent, new, old_parent, old)
         else:
             replaced = upper.lstat(new_path)
             if replaced is not None and stat.S_ISDIR(replaced.st_mode):
@@ -699,7 +728,9 @@ class UnionFS:
                 else:
                     self._gone(replaced)
             self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
-        self._moved(src_node, new_parent, new)
+            if dst_node is not None:
+                self.table.drop_name(dst_node, new_parent, new)
+            self._moved(src_node, old_parent, old, new_parent, new)
         if src.kind == stat.S_IFDIR or (dst is not None and dst.kind == stat.S_IFDIR):
             old_parent.nlink_cache = None  # only directories count in a directory's links
             new_parent.nlink_cache = None
@@ -719,11 +750,9 @@ class UnionFS:
         elif self.lower_has(parent, name) and not self.upper.is_opaque(path):
             self.upper.make_opaque(path)
 
-    def _moved(self, node: Node, parent: Node, name: bytes) -> None:
-        if self.table.find(node.ino) is node:
-            self.table.move(node, parent, name)
-        else:
-            node.parent, node.name = parent, name
+    def _moved(self, node: Node, old_parent: Node, old: bytes, parent: Node, name: bytes) -> None:
+        self.table.drop_name(node, old_parent, old)
+        self.table.add_name(node, parent, name)
 
     # Attributes and xattrs -------------------------------------------------------------
 
