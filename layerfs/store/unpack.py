@@ -18,9 +18,8 @@ empty at the start, so hard-link targets are checked against it, not against the
 
 Decisions (where tar implementations differ):
 
-- Names: leading ``/`` and ``./``, empty and ``.`` components are dropped (GNU tar, umoci); a
-  ``..`` component, a NUL byte, a component over 255 bytes or a path of 4096 bytes or more is
-  refused. The root (``.``, ``/``) must be a directory; its metadata is applied to ``dest``.
+- Names: normalized by `layerfs.store.tarread` (GNU tar, umoci); ``..`` is refused. The root
+  (``.``, ``/``) must be a directory; its metadata is applied to ``dest``.
 - Duplicates: a later member replaces an earlier non-directory, as tar does; a directory over a
   directory only updates its metadata; anything replacing a directory, or replacing a file that an
   earlier hard link points to, is refused. A hard link to its own name is a no-op (GNU tar writes
@@ -35,9 +34,8 @@ Decisions (where tar implementations differ):
 - Owners: applied (numeric uid/gid; names ignored) only with ``same_owner`` (default: root, like
   GNU tar's ``--same-owner``). Without it nothing is chowned and setuid/setgid bits are removed from
   non-directories on disk; the manifest keeps the tar's owners and modes.
-- Xattrs: from PAX ``SCHILY.xattr.*`` and ``LIBARCHIVE.xattr.*`` (base64). The union filesystem's
-  own namespaces (``trusted.overlay.*``, ``user.overlay.*``, ``user.layerfs.*``) are dropped with a
-  warning: they would be hidden in the mount anyway but change how it merges. If the filesystem
+- Xattrs: read from PAX headers by `layerfs.store.tarread` (which drops the union filesystem's
+  own namespaces). If the filesystem
   refuses an xattr as unsupported (ENOTSUP, or EPERM/EACCES such as ``trusted.*`` without root or
   ``user.*`` on a symlink), or ``xattrs_to_sidecar`` is set, the whole layer's xattrs go to the
   sidecar (`layerfs.fs.sidecar`); the ones already set on files stay, with the same values.
@@ -45,25 +43,20 @@ Decisions (where tar implementations differ):
   directories get theirs last, deepest first, after their contents are written.
 - Errors: an ``OSError`` that is the machine's trouble (ENOSPC, EDQUOT, EIO, EROFS, EMFILE, ENFILE,
   ENOMEM) propagates as itself with a note naming the member; any other is an `UnpackError`.
-- Stream: reading stops at the end-of-archive block (or a clean end of stream on a header
-  boundary, as Go's archive/tar accepts); the rest of ``stream`` is then read and discarded so
-  that a verifying reader around it sees every byte. A damaged header is an error, never an end.
+- Stream: read to its end (`layerfs.store.tarread.read_members`), so that a verifying reader
+  around it sees every byte. A damaged header is an error, never an end.
 
-Caveats: tarfile parses headers in pure Python, half to two thirds of the CPU time of an unpack; a
-PAX or GNU long-name header is read whole into memory, so those are capped at 16 MiB, but a GNU
-sparse map is not (its size is bounded only by the stream). GNU ``SCHILY.acl.*`` text ACLs and
-file flags are ignored (Go-built layers carry ACLs as ``system.posix_acl_*`` xattrs, which are
-kept). Sparse members are written with holes; regular members are written densely even when
-they hold zeros. A sparse file's digest covers its holes, so hashing it takes time in proportion
-to its apparent size (zeros hash at tens of GiB/s; the filesystem's size limit bounds it). A
-character device 0:0 is created as such, and the union filesystem reads it as an overlay
-whiteout, as kernel overlayfs would.
+Caveats: see `layerfs.store.tarread` for header parsing. A GNU sparse map's size is bounded
+only by the stream. GNU ``SCHILY.acl.*`` text ACLs and file flags are ignored (Go-built layers
+carry ACLs as ``system.posix_acl_*`` xattrs, which are kept). Sparse members are written with
+holes; regular members are written densely even when they hold zeros. A sparse file's digest
+covers its holes, so hashing it takes time in proportion to its apparent size (zeros hash at tens
+of GiB/s; the filesystem's size limit bounds it). A character device 0:0 is created as such, and
+the union filesystem reads it as an overlay whiteout, as kernel overlayfs would.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import errno
 import logging
@@ -72,40 +65,37 @@ import stat
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
-from urllib.parse import unquote_to_bytes
-
-import xxhash
+from typing import BinaryIO, cast
 
 from layerfs.fs.sidecar import XattrMap, sidecar_path, write_sidecar
 from layerfs.store.entries import Entry, EntryType
-
-if TYPE_CHECKING:
-    from typing import Self
+from layerfs.store.filedata import write_dense, write_sparse
+from layerfs.store.tarread import (
+    PATH_MAX,
+    Refused,
+    TarReader,
+    UnpackError,
+    member_path,
+    member_xattrs,
+    quote_member,
+    read_members,
+    times_ns,
+)
 
 __all__ = ["UnpackError", "UnpackOptions", "UnpackResult", "unpack_layer"]
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-PATH_MAX = 4096
-NAME_MAX = 255
-XATTR_NAME_MAX = 255
-XATTR_SIZE_MAX = 65536
 _MAX_DIR_FDS = 128
-# tarfile's stream buffer: every small read copies what is left in it, so it must stay small.
-_TAR_BUFSIZE = 16 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SUID_SGID = stat.S_ISUID | stat.S_ISGID
 _ID_MAX = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
-_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", "user.layerfs.")
 _ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 )
 # The filesystem cannot hold this xattr here: switch the layer to the sidecar.
 _SIDECAR_ERRNOS = frozenset({errno.ENOTSUP, errno.EPERM, errno.EACCES})
-_ZEROS = bytes(CHUNK)
 # Member types by tarfile typeflag (tarfile already turned old-style "file/" into DIRTYPE).
 _KINDS = {
     **dict.fromkeys(tarfile.REGULAR_TYPES, EntryType.FILE),
@@ -116,19 +106,6 @@ _KINDS = {
     tarfile.CHRTYPE: EntryType.CHAR,
     tarfile.BLKTYPE: EntryType.BLOCK,
 }
-_META_TYPES = frozenset(
-    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
-    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
-)
-_META_MAX = 16 << 20  # PAX headers carry xattrs (64 KiB each at most); names are < 4 KiB
-
-
-class UnpackError(ValueError):
-    """The layer tar is malformed or hostile; the message names the member at fault."""
-
-
-class _Refused(Exception):
-    """A member is refused; carries the reason, `unpack_layer` adds the member name."""
 
 
 def _is_root() -> bool:
@@ -156,32 +133,6 @@ class UnpackResult:
     skipped_devices: tuple[bytes, ...]
 
 
-class _Reader(Protocol):
-    def read(self, size: int) -> bytes: ...
-    def tell(self) -> int: ...
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile's header reader, made strict: a damaged header is an error, not a quiet end of
-    the archive, and extended headers are bounded before tarfile reads them into memory."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
-        try:
-            return super().fromtarfile(tarfile_)
-        except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):  # type: ignore[attr-defined]
-            raise  # a zero block, or the stream ended on a header boundary: the end
-        except tarfile.HeaderError as exc:
-            raise tarfile.ReadError(f"damaged tar header: {exc}") from None
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        # tarfile reads a PAX or GNU long-name header whole into memory: bound it first.
-        if self.type in _META_TYPES and self.size > _META_MAX:
-            raise tarfile.ReadError(f"{self.size}-byte extended header (limit {_META_MAX})")
-        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
-        return member
-
-
 @dataclass(frozen=True, slots=True)
 class _Attrs:
     """What is applied to an object once it is made (to a directory: after its contents)."""
@@ -194,75 +145,9 @@ class _Attrs:
     xattrs: dict[str, bytes]
 
 
-def _member_path(name: str) -> bytes:
-    raw = name.encode("utf-8", "surrogateescape")
-    if b"\0" in raw:
-        raise _Refused("name contains a NUL byte")
-    parts = [p for p in raw.split(b"/") if p and p != b"."]
-    for p in parts:
-        if p == b"..":
-            raise _Refused("'..' in the name would escape the layer")
-        if len(p) > NAME_MAX:
-            raise _Refused(f"a name component is longer than {NAME_MAX} bytes")
-    rel = b"/".join(parts)
-    if len(rel) >= PATH_MAX:
-        raise _Refused(f"the name is {PATH_MAX} bytes or longer")
-    return rel
-
-
-def _pax_ns(value: str | None) -> int | None:
-    """A PAX decimal timestamp in nanoseconds, exactly (a float would round)."""
-    if not value:
-        return None
-    sec, _, frac = value.partition(".")
-    try:
-        whole = int(sec)
-        part = int((frac + "000000000")[:9]) if frac else 0
-    except ValueError:
-        return None
-    return whole * 1_000_000_000 + (-part if sec.startswith("-") else part)
-
-
-def _times_ns(m: tarfile.TarInfo) -> tuple[int, int]:
-    pax = m.pax_headers
-    mtime = _pax_ns(pax.get("mtime")) if pax else None
-    if mtime is None:
-        mtime = int(m.mtime) * 1_000_000_000
-    atime = _pax_ns(pax.get("atime")) if pax else None
-    return (mtime if atime is None else atime), mtime
-
-
-def _member_xattrs(m: tarfile.TarInfo) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for key, value in m.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            name = key[len("SCHILY.xattr.") :]
-            raw = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("LIBARCHIVE.xattr."):
-            name = unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :]).decode(
-                "utf-8", "surrogateescape"
-            )
-            try:  # libarchive leaves out the '=' padding
-                raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-            except binascii.Error:
-                raise _Refused(f"xattr {name!r}: value is not base64") from None
-        else:
-            continue
-        encoded = name.encode("utf-8", "surrogateescape")
-        if not encoded or b"\0" in encoded or len(encoded) > XATTR_NAME_MAX:
-            raise _Refused(f"invalid xattr name {name!r}")
-        if len(raw) > XATTR_SIZE_MAX:
-            raise _Refused(f"xattr {name!r}: value larger than {XATTR_SIZE_MAX} bytes")
-        if name.startswith(_INTERNAL_XATTRS):
-            logger.warning("tar member %r: dropping union-filesystem xattr %r", m.name, name)
-            continue
-        out[name] = raw
-    return out
-
-
 def _check_id(value: int, what: str) -> int:
     if not 0 <= value <= _ID_MAX:
-        raise _Refused(f"{what} {value} out of range")
+        raise Refused(f"{what} {value} out of range")
     return value
 
 
@@ -313,12 +198,12 @@ class _Layer:
             entry = self.entries.get(prefix)
             if entry is None:
                 if name.startswith(b".wh."):
-                    raise _Refused(f"whiteout {_show(prefix)} used as a directory")
+                    raise Refused(f"whiteout {_show(prefix)} used as a directory")
                 os.mkdir(name, 0o700, dir_fd=fd)
                 self.entries[prefix] = Entry(prefix, EntryType.DIR, 0o755, 0, 0)
                 self.dirs[prefix] = _Attrs(member, 0o755, 0, 0, None, {})
             elif entry.type is not EntryType.DIR:
-                raise _Refused(f"parent {_show(prefix)} is a {entry.type.name.lower()}")
+                raise Refused(f"parent {_show(prefix)} is a {entry.type.name.lower()}")
             fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
             self.fds[prefix] = fd
             if len(self.fds) > _MAX_DIR_FDS:  # the oldest is never the one just used
@@ -338,7 +223,7 @@ class _Layer:
                 os.fchmod(fd, meta.mode)
                 if meta.times is not None:
                     os.utime(fd, ns=meta.times)
-            except (_Refused, OSError, OverflowError) as exc:
+            except (Refused, OSError, OverflowError) as exc:
                 _raise_for(meta.member, exc)
 
     # -- members -------------------------------------------------------------------------------
@@ -355,24 +240,24 @@ class _Layer:
                 if exc.errno in _ENVIRONMENT_ERRNOS:
                     raise
                 if exc.errno not in _SIDECAR_ERRNOS:
-                    raise _Refused(f"xattr {name!r}: {exc.strerror}") from exc
+                    raise Refused(f"xattr {name!r}: {exc.strerror}") from exc
                 logger.info("xattr %r refused (%s): layer xattrs go to the sidecar", name, exc)
                 self.sidecar = True
 
-    def add(self, m: tarfile.TarInfo, stream: _Reader, data_end: int) -> None:
+    def add(self, m: tarfile.TarInfo, stream: TarReader, data_end: int) -> None:
         """Extract one member; ``data_end`` is where its data (if any) ends in the stream."""
-        rel = _member_path(m.name)
+        rel = member_path(m.name)
         kind = _KINDS.get(m.type)
         if kind is None:
-            raise _Refused(f"unsupported member type {m.type!r}")
+            raise Refused(f"unsupported member type {m.type!r}")
         parent, _, name = rel.rpartition(b"/")
         if name.startswith(b".wh."):
             if name == b".wh.":
-                raise _Refused("whiteout '.wh.' names nothing")
+                raise Refused("whiteout '.wh.' names nothing")
             if kind is not EntryType.FILE:
-                raise _Refused("whiteout is not a regular file")
+                raise Refused("whiteout is not a regular file")
         if not rel and kind is not EntryType.DIR:
-            raise _Refused("the layer root is not a directory")
+            raise Refused("the layer root is not a directory")
         if kind in (EntryType.CHAR, EntryType.BLOCK) and not self.allow_devices:
             logger.debug("tar member %r: device node skipped", m.name)
             self.skipped.append(rel)
@@ -380,12 +265,12 @@ class _Layer:
         uid, gid = _check_id(m.uid, "uid"), _check_id(m.gid, "gid")
         mode = m.mode & 0o7777
         disk_mode = mode if self.same_owner or kind is EntryType.DIR else mode & ~_SUID_SGID
-        xattrs = _member_xattrs(m) if m.pax_headers else {}
+        xattrs = member_xattrs(m) if m.pax_headers else {}
         link_text = m.linkname.encode("utf-8", "surrogateescape")
         if kind is EntryType.SYMLINK and (
             not link_text or b"\0" in link_text or len(link_text) >= PATH_MAX
         ):
-            raise _Refused("invalid symlink target (empty, NUL byte or too long)")
+            raise Refused("invalid symlink target (empty, NUL byte or too long)")
 
         old = self.entries.get(rel)
         tgt = None
@@ -398,9 +283,9 @@ class _Layer:
         if old is not None:
             if old.type is EntryType.DIR:
                 if kind is not EntryType.DIR:
-                    raise _Refused(f"would replace directory {_show(rel)} by a non-directory")
+                    raise Refused(f"would replace directory {_show(rel)} by a non-directory")
             elif rel in self.link_targets:
-                raise _Refused(f"would replace {_show(rel)}, which hard links point to")
+                raise Refused(f"would replace {_show(rel)}, which hard links point to")
             else:
                 os.unlink(name, dir_fd=pfd)
                 del self.entries[rel]
@@ -410,7 +295,7 @@ class _Layer:
         else:
             self.xattrs.pop(rel, None)
 
-        attrs = _Attrs(m.name, disk_mode, uid, gid, _times_ns(m), xattrs)
+        attrs = _Attrs(m.name, disk_mode, uid, gid, times_ns(m), xattrs)
         if kind is EntryType.FILE:
             size, digest = self._file(m, stream, data_end, pfd, name, attrs)
             entry = Entry(rel, kind, mode, uid, gid, size, digest)
@@ -430,16 +315,16 @@ class _Layer:
     def _link_target(self, m: tarfile.TarInfo, rel: bytes, old: Entry | None) -> Entry | None:
         """The entry a hard link member points to; None when it names itself and exists."""
         try:
-            target = _member_path(m.linkname)
-        except _Refused as exc:
-            raise _Refused(f"hard link target: {exc}") from None
+            target = member_path(m.linkname)
+        except Refused as exc:
+            raise Refused(f"hard link target: {exc}") from None
         if target == rel and old is not None and old.type is not EntryType.DIR:
             return None
         tgt = self.entries.get(target)
         if tgt is None:
-            raise _Refused(f"hard link target {_show(target)} does not exist in this layer")
+            raise Refused(f"hard link target {_show(target)} does not exist in this layer")
         if tgt.type is EntryType.DIR:
-            raise _Refused(f"hard link target {_show(target)} is a directory")
+            raise Refused(f"hard link target {_show(target)} is a directory")
         return tgt
 
     def _hardlink(self, m: tarfile.TarInfo, rel: bytes, pfd: int, name: bytes, tgt: Entry) -> Entry:
@@ -455,16 +340,16 @@ class _Layer:
         return dataclasses.replace(tgt, path=rel, type=EntryType.HARDLINK, target=tgt.path)
 
     def _file(
-        self, m: tarfile.TarInfo, stream: _Reader, data_end: int, pfd: int, name: bytes, a: _Attrs
+        self, m: tarfile.TarInfo, stream: TarReader, data_end: int, pfd: int, name: bytes, a: _Attrs
     ) -> tuple[int, str]:
         """Write a regular file through its own descriptor; its size and content digest."""
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
         try:
             sparse = cast("list[tuple[int, int]] | None", m.sparse)
             if sparse is not None:
-                digest = _write_sparse(fd, m.size, sparse, stream, data_end)
+                digest = write_sparse(fd, m.size, sparse, stream, data_end)
             else:
-                digest = _write_dense(fd, m.size, stream)
+                digest = write_dense(fd, m.size, stream)
             if self.same_owner:
                 os.fchown(fd, a.uid, a.gid)  # clears security.capability: xattrs come after
             if a.xattrs:
@@ -505,128 +390,24 @@ def _show(path: bytes) -> str:
     return "/" + path.decode("utf-8", "backslashreplace")
 
 
-def _read_exact(stream: _Reader, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise _Refused("unexpected end of data")
-    return data
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
-
-
-def _write_dense(fd: int, size: int, stream: _Reader) -> str:
-    if size <= CHUNK:  # the common case: one read, one write, one hash call
-        data = _read_exact(stream, size)
-        if data:
-            _write_all(fd, data)
-        return xxhash.xxh3_128_hexdigest(data)
-    h = xxhash.xxh3_128()
-    left = size
-    while left:
-        data = _read_exact(stream, min(left, CHUNK))
-        h.update(data)
-        _write_all(fd, data)
-        left -= len(data)
-    return h.hexdigest()
-
-
-def _hash_zeros(h: xxhash.xxh3_128, n: int) -> None:
-    zeros = memoryview(_ZEROS)
-    while n > 0:
-        h.update(zeros[: min(n, CHUNK)])
-        n -= CHUNK
-
-
-def _write_sparse(
-    fd: int, size: int, segments: list[tuple[int, int]], stream: _Reader, data_end: int
-) -> str:
-    """Write the data segments of a GNU sparse member at their offsets, leaving holes."""
-    pos = stored = 0
-    for offset, length in segments:
-        if length == 0:  # old GNU headers pad the map with (0, 0); a final (size, 0) marks the end
-            continue
-        if offset < pos or length < 0 or offset + length > size:
-            raise _Refused("sparse map is out of order, overlapping or past the file size")
-        pos = offset + length
-        stored += length
-    if stored > data_end - stream.tell():
-        raise _Refused("sparse map describes more data than the member holds")
-    # First, so that a size beyond what the filesystem allows fails before hashing its zeros.
-    os.ftruncate(fd, size)
-    h = xxhash.xxh3_128()
-    pos = 0
-    for offset, length in segments:
-        if not length:
-            continue
-        _hash_zeros(h, offset - pos)
-        pos = offset
-        while pos < offset + length:
-            data = _read_exact(stream, min(offset + length - pos, CHUNK))
-            h.update(data)
-            _write_all(fd, data, pos)
-            pos += len(data)
-    _hash_zeros(h, size - pos)
-    return h.hexdigest()
-
-
-def _quote(member: str) -> str:
-    """A member name for a one-line message: quoted, and cut short when it is huge."""
-    if len(member) <= 200:
-        return repr(member)
-    return f"{member[:160]!r}... ({len(member)} characters)"
+def _extract_all(layer: _Layer, stream: BinaryIO) -> int:
+    count = 0
+    for m, reader, data_end in read_members(stream):
+        count += 1
+        try:
+            layer.add(m, reader, data_end)
+        except (Refused, OSError, OverflowError) as exc:
+            _raise_for(m.name, exc)
+    return count
 
 
 def _raise_for(member: str, exc: BaseException) -> None:
     """Turn a failure while extracting ``member`` into the error the caller should see."""
     if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
-        exc.add_note(f"while unpacking tar member {_quote(member)}")
+        exc.add_note(f"while unpacking tar member {quote_member(member)}")
         raise exc
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    raise UnpackError(f"tar member {_quote(member)}: {reason}") from exc
-
-
-def _extract_all(layer: _Layer, stream: BinaryIO) -> int:
-    try:  # not a `with`: only the opening's errors mean "not a tar"; closed by the `with` below
-        tf = tarfile.open(  # noqa: SIM115
-            fileobj=stream,
-            mode="r|",
-            bufsize=_TAR_BUFSIZE,
-            tarinfo=_StrictTarInfo,
-            encoding="utf-8",
-            errors="surrogateescape",
-        )
-    except (tarfile.TarError, ValueError, OverflowError) as exc:
-        raise UnpackError(f"not a readable tar archive: {exc}") from exc
-    reader = cast(_Reader, tf.fileobj)
-    # In stream mode tarfile still keeps every TarInfo it has read; nothing here needs them.
-    seen = cast("list[tarfile.TarInfo]", tf.members)  # type: ignore[attr-defined]
-    count, last = 0, None
-    with tf:
-        while True:
-            try:
-                m = tf.next()
-            except (tarfile.TarError, ValueError, OverflowError) as exc:
-                where = f"after member {_quote(last)}" if last is not None else "at the start"
-                raise UnpackError(f"malformed tar {where}: {exc}") from exc
-            if m is None:
-                break
-            seen.clear()
-            count += 1
-            try:
-                layer.add(m, reader, tf.offset)
-            except (_Refused, OSError, OverflowError) as exc:
-                _raise_for(m.name, exc)
-            last = m.name
-    while stream.read(CHUNK):  # let a verifying reader see the archive's padding too
-        pass
-    return count
+    raise UnpackError(f"tar member {quote_member(member)}: {reason}") from exc
 
 
 def unpack_layer(stream: BinaryIO, dest: str, *, options: UnpackOptions) -> UnpackResult:
