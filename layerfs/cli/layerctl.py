@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from typing import NoReturn, TextIO
 
 from layerfs import __version__
+from layerfs.bundle import BundleError
+from layerfs.cli import layerctl_containers
 from layerfs.cli.exitcodes import ExitCode
 from layerfs.cli.progress import TerminalProgress, human_size
 from layerfs.oci import OCIError, Platform, parse_platform
@@ -42,7 +44,7 @@ from layerfs.store.shield import interrupts_deferred
 from layerfs.store.store import Store
 from layerfs.store.unpack import UnpackError
 
-_USER_ERRORS = (StoreError, OCIError, UnpackError, EntriesError)
+_USER_ERRORS = (StoreError, OCIError, UnpackError, EntriesError, BundleError)
 
 
 class _Failure(Exception):
@@ -108,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("fsck", parents=[common], help="check every layer and blob")
     s.set_defaults(func=_fsck)
+    layerctl_containers.add_commands(sub, common)
     return p
 
 

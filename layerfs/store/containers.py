@@ -1,0 +1,358 @@
+"""Containers and image mounts: records under ``containers/``, rootfs mounts by ``layerfs``.
+
+A container is ``containers/<name>/`` holding ``container.json``, ``upper/``, ``work/`` and,
+unless ``--bundle`` put them elsewhere, ``rootfs/`` (the mount) and ``config.json``. An image
+mounted read-only at a directory of the user's (``mount-image``) is a record of kind
+``image-mount`` in the same place, so that both keep their layers alive the same way
+(`refs.collect_references`). Records are written before anything is mounted and removed after
+everything is unmounted, so a crash never leaves a mount nothing accounts for.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from layerfs.oci import Digest
+from layerfs.store.durable import remove_tree, write_atomic
+from layerfs.store.errors import StoreError
+from layerfs.store.records import CONTAINER_RECORD, ImageRecord, utc_now
+from layerfs.store.store import Store
+
+KIND_CONTAINER = "container"
+KIND_IMAGE_MOUNT = "image-mount"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class ContainerError(StoreError):
+    """A container operation the user asked for cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container (or image mount) record."""
+
+    name: str
+    kind: str
+    image: str
+    image_id: Digest
+    layers: tuple[Digest, ...]  # ChainIDs, bottom first
+    blobs: tuple[Digest, ...]
+    created: str
+    rootfs: str
+    bundle: str | None
+    upper: str | None
+    work: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "name": self.name,
+            "kind": self.kind,
+            "image": self.image,
+            "image_id": self.image_id,
+            "layers": list(self.layers),
+            "blobs": list(self.blobs),
+            "created": self.created,
+            "rootfs": self.rootfs,
+            "bundle": self.bundle,
+            "upper": self.upper,
+            "work": self.work,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Container:
+        return cls(
+            name=doc["name"],
+            kind=doc.get("kind", KIND_CONTAINER),
+            image=doc["image"],
+            image_id=Digest(doc["image_id"]),
+            layers=tuple(Digest(d) for d in doc["layers"]),
+            blobs=tuple(Digest(d) for d in doc.get("blobs", [])),
+            created=doc["created"],
+            rootfs=doc["rootfs"],
+            bundle=doc.get("bundle"),
+            upper=doc.get("upper"),
+            work=doc.get("work"),
+        )
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ContainerError(
+            f"container name {name!r}: use letters, digits, '_', '.', '-' (max 128), "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _record_path(store: Store, name: str) -> str:
+    return os.path.join(store.paths.container_dir(name), CONTAINER_RECORD)
+
+
+def read_container(store: Store, name: str) -> Container:
+    try:
+        with open(_record_path(store, check_name(name)), "rb") as f:
+            return Container.from_json(json.load(f))
+    except FileNotFoundError:
+        raise ContainerError(f"no container named {name!r} (see 'layerctl ps')") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContainerError(f"container {name!r}: damaged record: {exc}") from exc
+
+
+def list_containers(store: Store) -> list[Container]:
+    out = []
+    try:
+        names = sorted(os.listdir(store.paths.containers))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if _NAME.fullmatch(name) and os.path.exists(_record_path(store, name)):
+            out.append(read_container(store, name))
+    return out
+
+
+def _write(store: Store, c: Container) -> None:
+    write_atomic(_record_path(store, c.name), json.dumps(c.to_json(), indent=2).encode() + b"\n")
+
+
+# Mount state -------------------------------------------------------------------------------
+
+
+def mount_state(path: str) -> str:
+    """``mounted``, ``stale`` (the daemon is gone: ENOTCONN) or ``unmounted``."""
+    if not _in_mountinfo(path):
+        return "unmounted"
+    try:
+        # An open reaches the daemon (a stat may be answered from the kernel's cache).
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+            return "stale"
+        raise
+    return "mounted"
+
+
+def _in_mountinfo(path: str) -> bool:
+    target = os.fsencode(path)
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[4].decode("unicode_escape").encode("latin-1")
+            if mnt == target and b" - fuse.layerfs " in line:
+                return True
+    return False
+
+
+def _layerfs(options: str, source: str, mountpoint: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "layerfs.cli.layerfs", source, mountpoint, "-o", options],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        msg = r.stderr.strip().splitlines()
+        raise ContainerError(msg[-1] if msg else f"layerfs exited {r.returncode}")
+
+
+def _unmount(path: str, *, lazy: bool = False) -> None:
+    r = subprocess.run(
+        ["fusermount3", "-u", *(["-z"] if lazy else []), path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0 and _in_mountinfo(path):
+        reason = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "busy?"
+        raise ContainerError(f"cannot unmount {path}: {reason} (close what uses it, or --force)")
+
+
+def _lower_option(store: Store, layers: tuple[Digest, ...]) -> str:
+    return ":".join(store.backend.diff_dir(c) for c in reversed(layers))
+
+
+def mount_container(store: Store, c: Container) -> str:
+    """Mount ``c``'s rootfs unless it is; a stale mount (dead daemon) is cleaned first."""
+    state = mount_state(c.rootfs)
+    if state == "mounted":
+        return state
+    if state == "stale":
+        _unmount(c.rootfs, lazy=True)
+    os.makedirs(c.rootfs, exist_ok=True)
+    # allow_other: container processes run as the image's users, not as the mounter.
+    opts = f"lowerdir={_lower_option(store, c.layers)},allow_other"
+    if c.kind == KIND_CONTAINER:
+        assert c.upper is not None and c.work is not None
+        opts += f",upperdir={c.upper},workdir={c.work}"
+    else:
+        opts += ",ro"
+    _layerfs(opts, f"layerctl:{c.name}", c.rootfs)
+    return "remounted" if state == "stale" else "mounted"
+
+
+def unmount_container(c: Container, *, force: bool = False) -> bool:
+    """Unmount ``c``'s rootfs; False when it was not mounted."""
+    if mount_state(c.rootfs) == "unmounted":
+        return False
+    _unmount(c.rootfs, lazy=force)
+    return True
+
+
+# Lifecycle ---------------------------------------------------------------------------------
+
+
+def create_container(
+    store: Store, image: ImageRecord, image_ref: str, name: str, *, bundle: str | None = None
+) -> Container:
+    """Make the container's directories and record, and mount its rootfs."""
+    check_name(name)
+    cdir = store.paths.container_dir(name)
+    bundle_dir = os.path.abspath(bundle) if bundle else cdir
+    with store.lock():
+        if os.path.lexists(cdir):
+            raise ContainerError(f"a container named {name!r} exists already")
+        if (
+            bundle
+            and os.path.lexists(os.path.join(bundle_dir, "rootfs"))
+            and os.listdir(os.path.join(bundle_dir, "rootfs"))
+        ):
+            raise ContainerError(f"bundle {bundle_dir}: rootfs/ exists and is not empty")
+        os.makedirs(store.paths.containers, exist_ok=True)
+        os.mkdir(cdir, 0o700)
+        c = Container(
+            name=name,
+            kind=KIND_CONTAINER,
+            image=image.name,
+            image_id=image.id,
+            layers=image.layers,
+            blobs=image.blobs,
+            created=utc_now(),
+            rootfs=os.path.join(bundle_dir, "rootfs"),
+            bundle=bundle_dir,
+            upper=os.path.join(cdir, "upper"),
+            work=os.path.join(cdir, "work"),
+        )
+        for d in (c.upper, c.work):
+            assert d is not None
+            os.mkdir(d, 0o755)
+        _write(store, c)
+    try:
+        os.makedirs(bundle_dir, exist_ok=True)
+        mount_container(store, c)
+    except BaseException:
+        remove_container(store, c.name, force=True)
+        raise
+    return c
+
+
+def remove_container(store: Store, name: str, *, force: bool = False) -> Container:
+    """Unmount (only with ``force`` if mounted) and delete a container and its upper."""
+    c = read_container(store, name)
+    if mount_state(c.rootfs) == "mounted" and not force:
+        raise ContainerError(
+            f"container {name!r} is mounted: 'layerctl umount {name}' first, or rm --force"
+        )
+    unmount_container(c, force=True)
+    cdir = store.paths.container_dir(c.name)
+    if c.bundle and c.bundle != cdir:
+        for leftover in ("config.json",):
+            try:
+                os.unlink(os.path.join(c.bundle, leftover))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(c.rootfs)
+        except OSError:
+            pass
+    with store.lock():
+        # The record goes last: until then the container's layers stay protected.
+        for d in (c.upper, c.work):
+            if d and os.path.lexists(d):
+                remove_tree(d)
+        for entry in os.listdir(cdir):
+            if entry != CONTAINER_RECORD:
+                p = os.path.join(cdir, entry)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    if not os.path.ismount(p):
+                        shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+        os.unlink(_record_path(store, c.name))
+        os.rmdir(cdir)
+    return c
+
+
+def mount_image(store: Store, image: ImageRecord, image_ref: str, directory: str) -> Container:
+    """Mount an image read-only at ``directory``; recorded so that its layers stay."""
+    target = os.path.realpath(directory)
+    if not os.path.isdir(target):
+        raise ContainerError(f"{directory}: not an existing directory")
+    if mount_state(target) != "unmounted":
+        raise ContainerError(f"{directory}: something is mounted there already")
+    name = "mount-" + hashlib.sha256(target.encode()).hexdigest()[:16]
+    cdir = store.paths.container_dir(name)
+    with store.lock():
+        if os.path.lexists(cdir):
+            remove_tree(cdir)  # a record left by an earlier, now unmounted, image mount
+        os.makedirs(cdir, 0o700)
+        c = Container(
+            name=name,
+            kind=KIND_IMAGE_MOUNT,
+            image=image.name,
+            image_id=image.id,
+            layers=image.layers,
+            blobs=image.blobs,
+            created=utc_now(),
+            rootfs=target,
+            bundle=None,
+            upper=None,
+            work=None,
+        )
+        _write(store, c)
+    try:
+        mount_container(store, c)
+    except BaseException:
+        with store.lock():
+            remove_tree(cdir)
+        raise
+    return c
+
+
+def find_by_rootfs(store: Store, directory: str) -> Container | None:
+    target = os.path.realpath(directory) if os.path.exists(directory) else directory
+    for c in list_containers(store):
+        if c.rootfs in (target, os.path.abspath(directory)):
+            return c
+    return None
+
+
+def forget_image_mount(store: Store, c: Container) -> None:
+    with store.lock():
+        remove_tree(store.paths.container_dir(c.name))
+
+
+def upper_size(c: Container) -> int:
+    """Bytes the container's upper layer takes on disk."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(c.upper or "/nonexistent"):
+        for n in dirnames + filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def containers_of(store: Store) -> Iterator[Container]:
+    """Every real container (not image mounts)."""
+    return (c for c in list_containers(store) if c.kind == KIND_CONTAINER)
