@@ -113,11 +113,19 @@ def _set_readahead(mountpoint: str) -> None:
             return
 
 
-async def _serve(ops: Operations) -> None:
+async def _serve(ops: Operations, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, ops)
+        nursery.start_soon(_readahead_after_init, ops, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _readahead_after_init(ops: Operations, mountpoint: str) -> None:
+    # The kernel caps the bdi's readahead when it processes the INIT reply: set ours after.
+    await ops.initialized.wait()
+    await trio.sleep(0.05)
+    _set_readahead(mountpoint)
 
 
 async def _on_signals(ops: Operations) -> None:
@@ -159,7 +167,6 @@ def _mount(cfg: DaemonConfig) -> tuple[UnionFS, Operations]:
                 os.close(fd)
             except OSError:
                 pass
-    _set_readahead(cfg.mountpoint)
     return fs, ops
 
 
@@ -177,7 +184,7 @@ def serve(cfg: DaemonConfig, fs: UnionFS, ops: Operations) -> None:
     """Run the request loop until unmounted or signalled, then unmount and close."""
     terminated = False
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, cfg.mountpoint)
         terminated = True
     finally:
         try:

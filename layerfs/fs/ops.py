@@ -87,12 +87,16 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
+        self.initialized = trio.Event()
         # A lower-only directory cannot change until it is copied up, so its resolved
         # listing serves every later readdir (find over a warm tree reads it again).
         self._listings: OrderedDict[
             int, tuple[list[bytes], list[tuple[Entry, pyfuse3.EntryAttributes]]]
         ] = OrderedDict()
         self._listed = 0
+
+    def init(self) -> None:
+        self.initialized.set()
 
     def stats(self) -> dict[str, int]:
         """Counters for SIGUSR1 and tests: what the daemon holds right now."""
