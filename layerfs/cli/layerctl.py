@@ -28,7 +28,7 @@ from typing import NoReturn, TextIO
 
 from layerfs import __version__
 from layerfs.bundle import BundleError
-from layerfs.cli import layerctl_containers
+from layerfs.cli import layerctl_containers, layerctl_publish
 from layerfs.cli.exitcodes import ExitCode
 from layerfs.cli.progress import TerminalProgress, human_size
 from layerfs.oci import OCIError, Platform, parse_platform
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fsck", parents=[common], help="check every layer and blob")
     s.set_defaults(func=_fsck)
     layerctl_containers.add_commands(sub, common)
+    layerctl_publish.add_commands(sub, common)
     return p
 
 

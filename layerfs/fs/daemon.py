@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -140,8 +141,16 @@ async def _on_signals(ops: Operations) -> None:
             return
 
 
+def _raise_nofile() -> None:
+    # One fd per open file through the mount: the soft limit (often 1024) is too low.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _mount(cfg: DaemonConfig) -> tuple[UnionFS, Operations]:
     """Build the engine and mount; raises MountError with the reason."""
+    _raise_nofile()
     try:
         fs = UnionFS(cfg.options)
     except (OSError, ValueError, UpperError) as exc:

@@ -22,8 +22,6 @@ TAG_SHIFT = 48
 MAX_REAL_INO = (1 << TAG_SHIFT) - 1
 UPPER_TAG = 1
 OVERFLOW_TAG = 0xFFFF
-# Set in the tag of a lower hard-link name left out of its group's copy-up.
-DETACHED_BIT = 0x8000 << TAG_SHIFT
 
 # (layer index, path inside that layer): where an object's lower part lives.
 LowerRef = tuple[int, bytes]

@@ -159,6 +159,9 @@ class Operations(pyfuse3.Operations):
                 if node.upper:
                     return
                 job = self.fs.copyup_job(node, with_data=with_data)
+                if job is None:
+                    self._reopen_readers(node)
+                    return
                 if with_data and job.st.st_size > THREAD_COPY_BYTES:
                     left = await trio.to_thread.run_sync(copyup.stage, job)
                 else:

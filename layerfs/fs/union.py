@@ -16,6 +16,7 @@ Caveats:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from . import copyup, whiteout
 from .copyup import CopyJob
 from .inodes import (
-    DETACHED_BIT,
     OVERFLOW_TAG,
     ROOT_INO,
     UPPER_TAG,
@@ -55,6 +55,14 @@ def _join(parent: bytes, name: bytes) -> bytes:
 def _times(times: tuple[int | None, int | None], st: os.stat_result) -> tuple[int, int]:
     atime, mtime = times
     return (st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime)
+
+
+def _writable_fd(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+def _index_name(ino: int) -> bytes:
+    return b"%x" % ino
 
 
 def _keep_times(dir_fd: int, path: bytes, st: os.stat_result) -> None:
@@ -193,18 +201,47 @@ class UnionFS:
         if not lower:
             return None
         lower_st = self.layers[lower[0][0]].lstat(lower[0][1])
+        if lower_st.st_nlink > 1 and stat.S_ISREG(lower_st.st_mode) and self.meta:
+            ino = self._encode(lower_tag(lower[0][0]), lower_st.st_ino)
+            if ino in self.meta.claimed:
+                linked = self._link_from_index(parent, name, ino)
+                if linked is not None:
+                    return Entry(stat.S_IFREG, linked, (), None)
         return Entry(stat.S_IFMT(lower_st.st_mode), None, lower, lower_st)
+
+    def _link_from_index(self, parent: Node, name: bytes, ino: int) -> os.stat_result | None:
+        """A lower name of a hard-link group whose copy is in the index: link it there.
+
+        Copy-up links every name it can find; this catches the rest (names below renamed
+        directories, names a crash left behind) the first time anything resolves them.
+        """
+        if not self.writable or self.upper is None:
+            return None
+        upper = self.upper
+        try:
+            os.lstat(_index_name(ino), dir_fd=upper.index_fd)
+        except FileNotFoundError:
+            return None
+        self.ensure_upper_dir(parent)
+        ppath = parent.path()
+        before = upper.lstat(ppath)
+        path = _join(ppath, name)
+        os.link(
+            _index_name(ino),
+            path,
+            src_dir_fd=upper.index_fd,
+            dst_dir_fd=upper.fd,
+            follow_symlinks=False,
+        )
+        if before is not None:
+            _keep_times(upper.fd, ppath, before)
+        return os.lstat(path, dir_fd=upper.fd)
 
     def ino_of(self, entry: Entry) -> int:
         """The stable inode number of a resolved object (see ``inodes``)."""
         if entry.lower_st is not None and (entry.upper_st is None or entry.kind == stat.S_IFDIR):
             index = entry.lower[0][0]
-            ino = self._encode(lower_tag(index), entry.lower_st.st_ino)
-            if entry.upper_st is None and self.meta and ino in self.meta.claimed:
-                # A lower hard-link name its copied-up group could not take along (it sits
-                # below a renamed directory): a file of its own now, with its own number.
-                return ino | DETACHED_BIT
-            return ino
+            return self._encode(lower_tag(index), entry.lower_st.st_ino)
         assert entry.upper_st is not None and self.meta is not None
         origin = self.meta.origins.get(entry.upper_st.st_ino)
         if origin is not None:
@@ -281,6 +318,8 @@ class UnionFS:
 
     def nlink(self, node: Node, st: os.stat_result) -> int:
         """Link count; for directories 2 + the merged number of subdirectories."""
+        if not node.is_dir and node.upper and st.st_nlink > 1 and self._indexed(st):
+            return st.st_nlink - 1  # the hard-link index holds one link that is not a name
         if (
             not node.is_dir
             or (node.upper and not node.lower)
@@ -291,6 +330,16 @@ class UnionFS:
             entries = self.list_dir(node)
             node.nlink_cache = 2 + sum(1 for k in entries.values() if k == stat.S_IFDIR)
         return node.nlink_cache
+
+    def _indexed(self, st: os.stat_result) -> bool:
+        assert self.meta is not None and self.upper is not None
+        origin = self.meta.origins.get(st.st_ino)
+        if origin is None:
+            return False
+        try:
+            return os.lstat(_index_name(origin), dir_fd=self.upper.index_fd).st_ino == st.st_ino
+        except FileNotFoundError:
+            return False
 
     def list_dir(self, node: Node) -> dict[bytes, int]:
         """The merged entries of a directory: name -> S_IFMT, no markers, no duplicates."""
@@ -391,10 +440,17 @@ class UnionFS:
         self._place_copy(job.tmp, node.parent.path(), node.name)
         node.upper = True
 
-    def copyup_job(self, node: Node, *, with_data: bool = True) -> CopyJob:
-        """Prepare copying a lower non-directory up (parents are copied up here)."""
+    def copyup_job(self, node: Node, *, with_data: bool = True) -> CopyJob | None:
+        """Prepare copying a lower non-directory up (parents are copied up here).
+
+        None when there is nothing to copy: the node's hard-link group already has its copy.
+        """
         upper = self._need_writable()
         assert node.parent is not None
+        entry = self.resolve(node.parent, node.name)
+        if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
+            node.upper, node.lower, node.lower_stat = True, (), None
+            return None
         self.ensure_upper_dir(node.parent)
         st = node.lower_stat
         assert isinstance(st, os.stat_result)
@@ -416,6 +472,8 @@ class UnionFS:
         assert node.parent is not None and self.meta is not None
         src = node.lower[0] if node.lower else None
         entry = None if node.upper else self.resolve(node.parent, node.name)
+        if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
+            node.upper = True  # its hard-link group's copy was linked here meanwhile
         if entry is None or entry.upper_st is not None or not entry.lower or entry.lower[0] != src:
             copyup.discard(upper.work_fd, job.tmp)
             if node.upper:
@@ -427,17 +485,24 @@ class UnionFS:
         self.meta.set_origin(tmp_ino, node.ino)
         if left:
             self.meta.set_xattrs(tmp_ino, left)
-        parent_path = node.parent.path()
-        self._place_copy(job.tmp, parent_path, node.name)
         lower_st = node.lower_stat
-        node.upper, node.lower, node.lower_stat = True, (), None
-        if (
+        group = (
             isinstance(lower_st, os.stat_result)
             and stat.S_ISREG(lower_st.st_mode)
             and lower_st.st_nlink > 1
             and src is not None
-        ):
-            self._link_group(_join(parent_path, node.name), src, lower_st)
+        )
+        if group:
+            # The group's copy enters the index first: from then on every name of the group
+            # resolves to it, whatever a crash interrupts below.
+            os.link(
+                job.tmp, _index_name(node.ino), src_dir_fd=upper.work_fd, dst_dir_fd=upper.index_fd
+            )
+        self._place_copy(job.tmp, node.parent.path(), node.name)
+        node.upper, node.lower, node.lower_stat = True, (), None
+        if group:
+            assert src is not None and isinstance(lower_st, os.stat_result)
+            self._link_group(src, lower_st)
 
     def _place_copy(self, tmp: bytes, parent_path: bytes, name: bytes) -> None:
         """Place a copy-up: invisible in the merged view, so the parent keeps its times."""
@@ -447,28 +512,15 @@ class UnionFS:
         if before is not None:
             _keep_times(upper.fd, parent_path, before)
 
-    def _link_group(self, upper_path: bytes, src: LowerRef, lower_st: os.stat_result) -> None:
-        """Link every other visible name of a lower hard-link group to the new upper copy."""
-        upper = self._need_writable()
+    def _link_group(self, src: LowerRef, lower_st: os.stat_result) -> None:
+        """Link every other visible name of a lower hard-link group to the group's copy.
+
+        Resolving a name does it (see `_link_from_index`); names not at their lower path
+        (below a renamed directory) are linked when they are first resolved.
+        """
         index, path = src
         for other in self.layers[index].hardlink_names(path, lower_st.st_ino):
-            found = self._walk(other)
-            if found is None:
-                continue
-            parent, name, entry = found
-            if entry.upper_st is not None or not entry.lower or entry.lower[0] != (index, other):
-                continue
-            self.ensure_upper_dir(parent)
-            before = upper.lstat(parent.path())
-            os.link(
-                upper_path,
-                _join(parent.path(), name),
-                src_dir_fd=upper.fd,
-                dst_dir_fd=upper.fd,
-                follow_symlinks=False,
-            )
-            if before is not None:
-                _keep_times(upper.fd, parent.path(), before)
+            self._walk(other)
 
     def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
         """Resolve a merged path from the root: (parent node, name, entry)."""
@@ -629,8 +681,23 @@ class UnionFS:
             self.table.drop_name(node, parent, name)
 
     def _gone(self, st: os.stat_result) -> None:
-        if st.st_nlink <= 1 and self.meta:
-            self.meta.forget_ino(st.st_ino)
+        """A name of the upper object ``st`` (stat before the removal) is gone."""
+        if self.meta is None or self.upper is None:
+            return
+        if st.st_nlink == 2:
+            # Only the hard-link index may hold it now: then the group is gone.
+            origin = self.meta.origins.get(st.st_ino)
+            if origin is None:
+                return
+            try:
+                if os.lstat(_index_name(origin), dir_fd=self.upper.index_fd).st_ino != st.st_ino:
+                    return
+            except FileNotFoundError:
+                return
+            os.unlink(_index_name(origin), dir_fd=self.upper.index_fd)
+        elif st.st_nlink > 2:
+            return
+        self.meta.forget_ino(st.st_ino)
 
     def rmdir(self, parent: Node, name: bytes) -> None:
         upper = self._need_writable()
@@ -642,11 +709,7 @@ class UnionFS:
         need_wh = self.lower_has(parent, name)
         ppath = parent.path()
         if entry.upper_st is not None:
-            upper.clear_dir(_join(ppath, name))
-            if need_wh:
-                upper.whiteout_dir(ppath, name)
-            else:
-                os.rmdir(_join(ppath, name), dir_fd=upper.fd)
+            upper.remove_dir(_join(ppath, name), whiteout_after=need_wh)
             assert self.meta is not None
             self.meta.forget_ino(entry.upper_st.st_ino)
         else:
@@ -688,46 +751,19 @@ class UnionFS:
         self.ensure_upper_dir(new_parent)
         old_path = _join(old_parent.path(), old)
         new_path = _join(new_parent.path(), new)
-        src_lower_ref = src_node.lower[0][1] if src_node.is_dir and src_node.lower else None
         old_needs_wh = self.lower_has(old_parent, old)
+        # What keeps a moved directory's own lower contents (a redirect) or hides those of
+        # its new place (opaque) is recorded before the rename: a crash then leaves it either
+        # unmoved with a harmless mark, or moved and complete.
+        self._prepare_moved_dir(src_node, old_path, new_parent, new)
         if exchange:
             assert dst_node is not None
-            dst_lower_ref = dst_node.lower[0][1] if dst_node.is_dir and dst_node.lower else None
+            self._prepare_moved_dir(dst_node, new_path, old_parent, old)
             renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
-            self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
-            self._fix_moved_dir(dst_node, dst_lower_ref, old_parent, old, old_path)
             self._moved(src_node, old_parent, old, new_parent, new)
             self._moved(dst_node, new_parent, new, old_parent, old)
         else:
-            replaced = upper.lstat(new_path)
-            if replaced is not None and stat.S_ISDIR(replaced.st_mode):
-                upper.clear_dir(new_path)
-            elif replaced is not None and whiteout.is_whiteout_stat(replaced) and src_node.is_dir:
-                os.unlink(new_path, dir_fd=upper.fd)
-                replaced = None
-            if old_needs_wh and upper.char_whiteouts:
-                try:
-                    renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_WHITEOUT)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                        raise
-                    os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
-                    upper.whiteout(old_parent.path(), old)
-            else:
-                os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
-                if old_needs_wh:
-                    upper.whiteout(old_parent.path(), old)
-            upper.drop_wh_file(new_parent.path(), new)
-            if (
-                replaced is not None
-                and self.meta is not None
-                and not whiteout.is_whiteout_stat(replaced)
-            ):
-                if stat.S_ISDIR(replaced.st_mode):
-                    self.meta.forget_ino(replaced.st_ino)
-                else:
-                    self._gone(replaced)
-            self._fix_moved_dir(src_node, src_lower_ref, new_parent, new, new_path)
+            self._rename_over(old_parent, old, new_parent, new, src_node.is_dir, old_needs_wh)
             if dst_node is not None:
                 self.table.drop_name(dst_node, new_parent, new)
             self._moved(src_node, old_parent, old, new_parent, new)
@@ -735,20 +771,75 @@ class UnionFS:
             old_parent.nlink_cache = None  # only directories count in a directory's links
             new_parent.nlink_cache = None
 
-    def _fix_moved_dir(
-        self, node: Node, lower_path: bytes | None, parent: Node, name: bytes, path: bytes
-    ) -> None:
-        """A directory now at ``path``: keep its own lower contents, hide the new place's."""
+    def _prepare_moved_dir(self, node: Node, path: bytes, parent: Node, name: bytes) -> None:
+        """Before a directory at ``path`` moves to ``parent/name``: keep its own lower
+        contents (redirect), hide those of its new place (opaque)."""
         if not node.is_dir:
             return
         assert self.upper is not None and self.meta is not None
-        ino = self.upper.lstat(path)
-        assert ino is not None
-        if lower_path is not None:
-            if lower_path != path or ino.st_ino in self.meta.redirects:
-                self.meta.set_redirect(ino.st_ino, lower_path)
+        st = self.upper.lstat(path)
+        assert st is not None
+        if node.lower:
+            lower_path = node.lower[0][1]
+            if lower_path != parent.child_path(name) or st.st_ino in self.meta.redirects:
+                self.meta.set_redirect(st.st_ino, lower_path)
         elif self.lower_has(parent, name) and not self.upper.is_opaque(path):
             self.upper.make_opaque(path)
+
+    def _rename_over(
+        self,
+        old_parent: Node,
+        old: bytes,
+        new_parent: Node,
+        new: bytes,
+        is_dir: bool,
+        old_needs_wh: bool,
+    ) -> None:
+        """The upper side of a plain rename: replace what is at the target, whiteout the source."""
+        upper = self._need_writable()
+        old_path = _join(old_parent.path(), old)
+        new_path = _join(new_parent.path(), new)
+        replaced = upper.lstat(new_path)
+        if replaced is not None and stat.S_ISDIR(replaced.st_mode):
+            # An empty merged directory: its whiteouts must not give way before it does.
+            upper.remove_dir(new_path, whiteout_after=self.lower_has(new_parent, new))
+            assert self.meta is not None
+            self.meta.forget_ino(replaced.st_ino)
+            replaced = upper.lstat(new_path)
+        if replaced is not None and whiteout.is_whiteout_stat(replaced):
+            if is_dir:
+                # A directory cannot be renamed over a whiteout device: swap the two, which
+                # leaves the whiteout at the old name, where it may be wanted.
+                try:
+                    renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    upper.hide_while_replacing(new_parent.path(), new)
+                    os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
+                    if old_needs_wh:
+                        upper.whiteout(old_parent.path(), old)
+                else:
+                    if not old_needs_wh:
+                        os.unlink(old_path, dir_fd=upper.fd)
+                upper.drop_wh_file(new_parent.path(), new)
+                return
+            replaced = None
+        if old_needs_wh and upper.char_whiteouts:
+            try:
+                renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_WHITEOUT)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
+                os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
+                upper.whiteout(old_parent.path(), old)
+        else:
+            os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
+            if old_needs_wh:
+                upper.whiteout(old_parent.path(), old)
+        upper.drop_wh_file(new_parent.path(), new)
+        if replaced is not None:
+            self._gone(replaced)
 
     def _moved(self, node: Node, old_parent: Node, old: bytes, parent: Node, name: bytes) -> None:
         self.table.drop_name(node, old_parent, old)
@@ -790,9 +881,10 @@ class UnionFS:
         if mode is not None and node.kind != stat.S_IFLNK:
             os.chmod(path, stat.S_IMODE(mode), dir_fd=upper.fd)
         if size is not None:
+            # The kernel may hand over any handle of the file, a read-only one included.
             tfd = (
                 fd
-                if fd is not None
+                if fd is not None and _writable_fd(fd)
                 else os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper.fd)
             )
             try:
@@ -819,6 +911,8 @@ class UnionFS:
         if mode is not None and kind != stat.S_IFLNK:
             os.fchmod(fd, stat.S_IMODE(mode))
         if size is not None:
+            if not _writable_fd(fd):
+                raise _err(errno.EBADF)
             os.ftruncate(fd, size)
         if times is not None:
             os.utime(fd, ns=_times(times, os.fstat(fd)))

@@ -20,6 +20,7 @@ from . import whiteout
 from .syscalls import RENAME_EXCHANGE, renameat2
 
 TMP_DIR = "tmp"
+INDEX_DIR = "index"
 LOCK_NAME = "lock"
 
 
@@ -53,6 +54,10 @@ class Upper:
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o700)
         self.work_fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Copies of lower hard-link groups, by origin inode: every name links here.
+        index = os.path.join(workdir, INDEX_DIR)
+        os.makedirs(index, 0o700, exist_ok=True)
+        self.index_fd = os.open(index, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._names = itertools.count()
         # "oci" keeps the upper directly usable as an OCI layer diff.
         self.char_whiteouts = whiteout_form != "oci" and self._probe_mknod()
@@ -62,6 +67,7 @@ class Upper:
         self.xattrs = self._probe_xattrs()
 
     def close(self) -> None:
+        os.close(self.index_fd)
         os.close(self.work_fd)
         os.close(self.fd)
         os.close(self._lock_fd)
@@ -146,6 +152,18 @@ class Upper:
             os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
         self.drop_wh_file(parent, name)
 
+    def hide_while_replacing(self, parent: bytes, name: bytes) -> None:
+        """Swap a whiteout device at ``parent/name`` for an OCI whiteout file, so that the
+        name stays hidden while a directory is renamed onto it (no RENAME_EXCHANGE)."""
+        fd = os.open(
+            _join(parent, whiteout.WH_PREFIX + name),
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o000,
+            dir_fd=self.fd,
+        )
+        os.close(fd)
+        os.unlink(_join(parent, name), dir_fd=self.fd)
+
     def drop_wh_file(self, parent: bytes, name: bytes) -> None:
         try:
             os.unlink(_join(parent, whiteout.WH_PREFIX + name), dir_fd=self.fd)
@@ -188,26 +206,6 @@ class Upper:
         except FileNotFoundError:
             pass
 
-    def whiteout_dir(self, parent: bytes, name: bytes) -> None:
-        """Replace the (emptied) upper directory ``parent/name`` by a whiteout."""
-        dst = _join(parent, name)
-        if self.char_whiteouts:
-            tmp = self.new_whiteout()
-            if self._exchange(tmp, dst):
-                os.rmdir(tmp, dir_fd=self.work_fd)
-            else:
-                os.rmdir(dst, dir_fd=self.fd)
-                os.rename(tmp, dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
-            return
-        fd = os.open(
-            _join(parent, whiteout.WH_PREFIX + name),
-            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o000,
-            dir_fd=self.fd,
-        )
-        os.close(fd)
-        os.rmdir(dst, dir_fd=self.fd)
-
     def _exchange(self, tmp: bytes, dst: bytes) -> bool:
         """Swap ``tmp`` (work dir) with ``dst`` (upper) atomically; False where unsupported.
 
@@ -221,6 +219,42 @@ class Upper:
                 return False
             raise
         return True
+
+    def remove_dir(self, path: bytes, *, whiteout_after: bool) -> None:
+        """Remove the upper directory ``path`` (holding only markers) in one visible step.
+
+        It is swapped out (for a whiteout when ``whiteout_after``) before anything in it is
+        deleted, so a crash never shows part of what its whiteouts hid.
+        """
+        parent, _, name = path.rpartition(b"/")
+        parent = parent or b"."
+        if whiteout_after and self.char_whiteouts:
+            wh = self.new_whiteout()
+            if self._exchange(wh, path):
+                self._drop_work_tree(wh)
+                return
+            os.unlink(wh, dir_fd=self.work_fd)
+        aside = self.tmpname()
+        if whiteout_after:
+            # No exchange here: an OCI whiteout file hides the name while it changes hands.
+            fd = os.open(
+                _join(parent, whiteout.WH_PREFIX + name),
+                os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                0o000,
+                dir_fd=self.fd,
+            )
+            os.close(fd)
+        os.rename(path, aside, src_dir_fd=self.fd, dst_dir_fd=self.work_fd)
+        if whiteout_after and self.char_whiteouts:
+            os.rename(self.new_whiteout(), path, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
+            self.drop_wh_file(parent, name)
+        self._drop_work_tree(aside)
+
+    def _drop_work_tree(self, name: bytes) -> None:
+        try:
+            shutil.rmtree(os.path.join(os.fsencode(self.workdir), TMP_DIR.encode(), name))
+        except NotADirectoryError:
+            os.unlink(name, dir_fd=self.work_fd)
 
     def make_opaque_in_work(self, tmp: bytes) -> None:
         """Mark the directory ``tmp`` in the work directory opaque."""
@@ -252,20 +286,6 @@ class Upper:
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
                 raise
-
-    def clear_dir(self, path: bytes) -> None:
-        """Empty an upper directory that holds only whiteouts and markers."""
-        fd = os.open(
-            path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
-        )
-        try:
-            for name in os.listdir(fd):
-                try:
-                    os.unlink(name, dir_fd=fd)
-                except IsADirectoryError:
-                    raise OSError(errno.ENOTEMPTY, "directory not empty", path) from None
-        finally:
-            os.close(fd)
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
