@@ -1,0 +1,749 @@
+"""Commit: a container's changes become a new OCI layer on top of its image, stored as a new image.
+
+`commit_container(store, name, new_image)` reads ``containers/<name>/``:
+
+- ``container.json``: ``image`` (the name the user gave), ``image_id`` (the config digest),
+  ``layers`` (ChainIDs, bottom first), optionally ``blobs``, and ``upper``, ``work`` and
+  ``rootfs`` (default: those names in the container's directory); records of another ``kind``
+  (``image-mount``) are refused;
+- the upper directory, in overlay form;
+- ``layerfs.db`` in the work directory (`layerfs.fs.meta`), when there is one, for the two
+  things the upper alone does not say: *redirects* (a lower directory renamed through the mount:
+  the upper directory at the new path holds only what changed, its lower contents come from the
+  old path) and xattrs kept there because the upper's filesystem has no xattr support.
+
+A container whose rootfs is mounted is flushed first (``syncfs`` on the mount: the kernel's dirty
+pages reach the upper), then read as it is.
+
+The layer is a PAX tar of the upper, gzip'd, its digest and diff_id computed while it is written
+(`layerfs.oci.writer.GzipLayerWriter`):
+
+- Whiteouts, in either upper form (character device 0/0, ``.wh.NAME`` file), become OCI
+  ``.wh.NAME`` files; a ``.wh.NAME`` beside a real ``NAME`` is dropped (the upper's ``NAME``
+  wins, as it does in the mount). Opaque directories (``.wh..wh..opq`` marker or
+  ``trusted.overlay.opaque``/``user.overlay.opaque`` = ``y``) get a ``DIR/.wh..wh..opq``.
+- A directory with a redirect is written whole: opaque, with the merged contents the mount
+  showed (its upper entries over the image's tree at the old path), so that the new image
+  holds it at its new path without any layerfs bookkeeping.
+- Hard links are tar links to the first name written; owners, modes, mtimes (with their
+  nanoseconds) and xattrs are kept, except the union filesystem's own (``trusted.overlay.*``,
+  ``user.overlay.*``, ``user.layerfs.*``). Sockets have no tar form and are skipped (warned).
+- Order is deterministic: a directory, its opaque marker, its whiteouts, then its entries by
+  name, depth first; whiteout files have fixed attributes. The same upper gives the same layer.
+
+The new config is the image's own JSON with the diff_id appended to ``rootfs.diff_ids``, a
+``history`` entry (``created``, ``created_by: "layerctl commit"``) and a new ``created``; the new
+manifest is OCI (Docker media types of the image's layers are mapped to their OCI equivalents;
+the blobs are the same). Both go, with hard links to the image's blobs and the new layer blob,
+into a one-image OCI layout in a session's scratch directory, which `layerfs.store.pull` imports
+under the new name: all of the store's verification, sharing and atomicity apply. The record's
+``source`` then says ``container:<name>``.
+
+Caveats: committing a container that is running gives whatever its files hold at the moment each
+is read (pause or stop it for a consistent layer).
+Sparse files are written densely. The store's path must not contain ``:`` (the import goes
+through an ``oci:`` name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import sqlite3
+import stat
+import tarfile
+import urllib.parse
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from layerfs.fs import whiteout as overlay
+from layerfs.fs.layers import Layer, Listing
+from layerfs.fs.meta import DB_NAME
+from layerfs.oci import (
+    Descriptor,
+    Digest,
+    InvalidImageError,
+    Manifest,
+    chain_ids,
+    compute_digest,
+    descriptor_to_json,
+    parse_config,
+    parse_digest,
+    parse_manifest,
+    split_digest,
+)
+from layerfs.oci.jsondoc import MAX_DOCUMENT_SIZE
+from layerfs.oci.mediatypes import (
+    ANNOTATION_REF_NAME,
+    IMAGE_INDEX_FILE,
+    IMAGE_LAYOUT_FILE,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_TAR_GZIP,
+    OCI_MANIFEST,
+)
+from layerfs.oci.writer import (
+    LAYOUT_VERSION,
+    GzipLayerWriter,
+    LayerDigests,
+    json_bytes,
+    layer_member,
+    oci_layer_type,
+    oci_manifest_bytes,
+    opaque_member,
+    whiteout_member,
+)
+from layerfs.store.durable import syncfs
+from layerfs.store.errors import StoreError
+from layerfs.store.names import check_image_name
+from layerfs.store.pull import PullOptions, pull_image
+from layerfs.store.records import (
+    CONTAINER_RECORD,
+    ImageRecord,
+    read_image_record,
+    utc_now,
+    write_image_record,
+)
+from layerfs.store.store import Store
+
+logger = logging.getLogger(__name__)
+
+CREATED_BY = "layerctl commit"
+ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
+_LAYOUT_REF = "commit"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+
+LowerStack = tuple[tuple[int, bytes], ...]
+"""Where a directory's lower contents are: (layer index, path in that layer), top first."""
+
+
+class CommitError(StoreError):
+    """A container cannot be committed; the message names the container or the image."""
+
+
+# -- the container ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What a commit needs of a container's record."""
+
+    name: str
+    image: str
+    image_id: Digest
+    layers: tuple[Digest, ...]  # ChainIDs, bottom first
+    blobs: tuple[Digest, ...]
+    upper: str
+    work: str
+    rootfs: str  # where it is mounted, when it is
+
+
+def read_container(store: Store, name: str) -> ContainerInfo:
+    """The container ``name``'s record; `CommitError` when there is no such container.
+
+    ``upper``, ``work`` and ``rootfs`` default to ``upper/``, ``work/`` and ``rootfs/`` in
+    the container's directory when the record does not name them.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise CommitError(f"invalid container name {name!r}")
+    directory = store.paths.container_dir(name)
+    path = os.path.join(directory, CONTAINER_RECORD)
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CommitError(f"no container {name!r} in the store at {store.root}") from None
+    except ValueError as exc:
+        raise CommitError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        kind = doc.get("kind", "container")
+        if kind != "container":
+            raise CommitError(f"{name!r} is an {kind} record, not a container: nothing to commit")
+        info = ContainerInfo(
+            name=name,
+            image=_field(doc, "image", str),
+            image_id=parse_digest(_field(doc, "image_id", str)),
+            layers=tuple(parse_digest(d) for d in _field(doc, "layers", list)),
+            blobs=tuple(parse_digest(d) for d in doc.get("blobs") or ()),
+            upper=_path(doc, "upper", directory),
+            work=_path(doc, "work", directory),
+            rootfs=_path(doc, "rootfs", directory),
+        )
+    except (ValueError, TypeError) as exc:
+        raise CommitError(f"{path}: damaged container record: {exc}") from None
+    if not os.path.isdir(info.upper):
+        hint = ""
+        if doc.get("dataset"):
+            hint = f"; its dataset {doc['dataset']} may not be mounted ('layerctl mount {name}')"
+        raise CommitError(f"container {name!r}: no upper directory at {info.upper}{hint}")
+    return info
+
+
+def _path(doc: Mapping[str, Any], key: str, directory: str) -> str:
+    value = doc.get(key)
+    if value is None:
+        return os.path.join(directory, key)
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ValueError(f"{key!r}: expected an absolute path, got {value!r}")
+    return value
+
+
+def flush_mount(info: ContainerInfo) -> None:
+    """Push what a live mount of the container still caches into its upper (``syncfs``)."""
+    if not os.path.ismount(info.rootfs):
+        return
+    try:
+        syncfs(info.rootfs)
+    except OSError as exc:  # a dead daemon's mount: the upper already has all there is
+        logger.debug("commit: syncfs %s: %s", info.rootfs, exc)
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"{key!r}: expected a {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class UpperMeta:
+    """What the union filesystem recorded about upper objects, by upper inode number."""
+
+    redirects: Mapping[int, bytes]
+    xattrs: Mapping[int, Mapping[str, bytes]]
+
+
+def read_upper_meta(workdir: str) -> UpperMeta:
+    """The redirects and fallback xattrs in ``workdir``'s database (none without one)."""
+    path = os.path.join(workdir, DB_NAME)
+    if not os.path.isfile(path):
+        return UpperMeta({}, {})
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise CommitError(f"{path}: cannot read the container's metadata: {exc}") from None
+    try:
+        redirects = {int(i): bytes(p) for i, p in _rows(db, "SELECT ino, path FROM redirect")}
+        xattrs: dict[int, dict[str, bytes]] = {}
+        for ino, name, value in _rows(db, "SELECT ino, name, value FROM xattr"):
+            xattrs.setdefault(int(ino), {})[str(name)] = bytes(value)
+    except sqlite3.Error as exc:
+        raise CommitError(f"{path}: cannot read the container's metadata: {exc}") from None
+    finally:
+        db.close()
+    return UpperMeta(redirects, xattrs)
+
+
+def _rows(db: sqlite3.Connection, query: str) -> list[Any]:
+    try:
+        return db.execute(query).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []  # a database from before that table existed
+        raise
+
+
+# -- the base image --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The image the container was made from, as its blobs are in the store."""
+
+    manifest_digest: Digest
+    manifest: Manifest
+    config_bytes: bytes
+
+
+def find_base_image(store: Store, info: ContainerInfo) -> BaseImage:
+    """The container's image: by a record with its ID, else by a manifest among its blobs."""
+    candidates = [r.manifest_digest for r in store.images() if r.id == info.image_id]
+    candidates += [d for d in info.blobs if d not in candidates and _small_blob(store, d)]
+    for digest in candidates:
+        try:
+            manifest = parse_manifest(store.blobs.read(digest))
+        except (OSError, InvalidImageError):
+            continue
+        if manifest.config.digest != info.image_id:
+            continue
+        try:
+            config_bytes = store.blobs.read(manifest.config.digest)
+        except FileNotFoundError:
+            break
+        diff_ids = parse_config(config_bytes).rootfs.diff_ids
+        if chain_ids(diff_ids) != info.layers:
+            raise CommitError(
+                f"container {info.name!r}: its record lists other layers than its image "
+                f"{info.image!r} ({info.image_id}) has"
+            )
+        return BaseImage(digest, manifest, config_bytes)
+    raise CommitError(
+        f"container {info.name!r}: its image {info.image!r} ({info.image_id}) is no longer "
+        f"in the store at {store.root}"
+    )
+
+
+def _small_blob(store: Store, digest: Digest) -> bool:
+    try:
+        return os.path.getsize(store.blobs.path(digest)) <= MAX_DOCUMENT_SIZE
+    except OSError:
+        return False
+
+
+# -- the layer -------------------------------------------------------------------------------------
+
+
+class _Lowers:
+    """The image's layer trees, top first, opened on first use (only redirects need them).
+
+    Resolution follows `layerfs.fs.union`: the same stacks, the same whiteout rules.
+    """
+
+    def __init__(self, dirs: Sequence[str]) -> None:
+        self._dirs = dirs
+        self._layers: list[Layer] = []
+        self._listings: dict[tuple[int, bytes], Listing] = {}
+
+    def layer(self, index: int) -> Layer:
+        if not self._layers:
+            for i, path in enumerate(self._dirs):
+                self._layers.append(Layer(i, path))
+        return self._layers[index]
+
+    def close(self) -> None:
+        for layer in self._layers:
+            layer.close()
+        self._layers = []
+
+    def listing(self, index: int, path: bytes) -> Listing:
+        key = (index, path)
+        if key not in self._listings:
+            self._listings[key] = self.layer(index).read_listing(path)
+        return self._listings[key]
+
+    def root(self) -> LowerStack:
+        stack: list[tuple[int, bytes]] = []
+        for index in range(len(self._dirs)):
+            stack.append((index, b"."))
+            if self.listing(index, b".").opaque:
+                break
+        return tuple(stack)
+
+    def child(self, parent: LowerStack, name: bytes) -> LowerStack:
+        """Where ``name`` lives below a directory whose stack is ``parent``."""
+        stack: list[tuple[int, bytes]] = []
+        for index, path in parent:
+            listing = self.listing(index, path)
+            kind = listing.entries.get(name)
+            if kind is None:
+                if name in listing.whiteouts:
+                    break
+                continue
+            child = _join(path, name)
+            if kind == stat.S_IFDIR:
+                stack.append((index, child))
+                if self.listing(index, child).opaque or name in listing.whiteouts:
+                    break
+            else:
+                if not stack:
+                    stack.append((index, child))
+                break
+        return tuple(stack)
+
+    def at(self, path: bytes) -> LowerStack:
+        """The directory stack of ``path`` (a redirect), from the root; () if not a directory."""
+        stack = self.root()
+        for name in path.strip(b"/").split(b"/"):
+            if not stack:
+                break
+            stack = self.child(stack, name)
+            if stack and not self.is_dir(stack):
+                return ()
+        return stack
+
+    def is_dir(self, stack: LowerStack) -> bool:
+        index, path = stack[0]
+        return stat.S_ISDIR(self.layer(index).lstat(path).st_mode)
+
+    def names(self, stack: LowerStack) -> list[bytes]:
+        """The merged entries of the directory ``stack``."""
+        seen: dict[bytes, None] = {}
+        hidden: set[bytes] = set()
+        for index, path in stack:
+            listing = self.listing(index, path)
+            for name in listing.entries:
+                if name not in hidden:
+                    seen.setdefault(name)
+            hidden |= listing.whiteouts
+        return list(seen)
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return name if parent in (b"", b".") else parent + b"/" + name
+
+
+def _without_internal(xattrs: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``xattrs`` without the union filesystem's own (they describe the upper, not the image)."""
+    return {k: v for k, v in xattrs.items() if not overlay.is_internal_xattr(k)}
+
+
+@dataclass
+class _UpperDir:
+    """One upper directory's entries, markers sorted out, and its own xattrs."""
+
+    objects: dict[bytes, os.stat_result]
+    whiteouts: set[bytes]
+    opaque: bool
+    xattrs: dict[str, bytes]
+
+
+Visit = Generator["Visit", None, None]
+"""A directory being written: it yields the visits of its subdirectories, to be run in turn."""
+
+
+class LayerTarWriter:
+    """Writes the upper directory ``upper`` as an OCI layer into ``tar`` (see the module doc).
+
+    The walk runs on an explicit stack of visits (generators), so depth costs no Python
+    recursion; each upper directory on the way down holds one descriptor, and nothing is
+    ever followed through a symbolic link.
+    """
+
+    def __init__(
+        self, tar: tarfile.TarFile, upper: str, meta: UpperMeta, lowers: Sequence[str]
+    ) -> None:
+        self._tar = tar
+        self._upper = upper
+        self._meta = meta
+        self._lowers = _Lowers(lowers)
+        self._links: dict[tuple[int, int], str] = {}  # (layer or -1, inode) -> first name
+
+    def write(self) -> None:
+        """Write every member; the caller closes the tar."""
+        stack: list[Visit] = [self._upper_dir(None, b"", b"", None)]
+        try:
+            while stack:
+                child = next(stack[-1], None)
+                if child is None:
+                    stack.pop()
+                else:
+                    stack.append(child)
+        finally:
+            for visit in reversed(stack):
+                visit.close()
+            self._lowers.close()
+
+    # Upper directories ---------------------------------------------------------------------
+
+    def _upper_dir(
+        self, parent_fd: int | None, name: bytes, rel: bytes, parent_lower: LowerStack | None
+    ) -> Visit:
+        """Write the upper directory ``name`` of ``parent_fd`` (the root: None) and its contents.
+
+        ``parent_lower`` None: the parent is written as changes to the image's own tree. A
+        stack: the parent is written whole (it is below a redirect), merged with that stack.
+        """
+        if parent_fd is None:
+            fd = os.open(self._upper, _DIR_FLAGS)
+        else:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            st = os.fstat(fd)
+            entries = self._read_dir(fd, st)
+            lower = self._lower_of(st, name, rel, parent_lower, entries.opaque)
+            path = os.fsdecode(rel)
+            if rel:
+                self._tar.addfile(layer_member(path, st, xattrs=entries.xattrs))
+            if parent_lower is None and (entries.opaque or lower is not None):
+                # Opaque, or the top of a tree written whole: hide the image's tree here.
+                self._tar.addfile(opaque_member(path))
+            names = set(entries.objects)
+            if lower is None:
+                for gone in sorted(entries.whiteouts - names):
+                    self._tar.addfile(whiteout_member(os.fsdecode(_join(rel, gone))))
+            elif lower:
+                names |= {n for n in self._lowers.names(lower) if n not in entries.whiteouts}
+            for child in sorted(names):
+                child_rel = _join(rel, child)
+                child_st = entries.objects.get(child)
+                if child_st is None:
+                    assert lower
+                    yield self._lower_tree(child_rel, self._lowers.child(lower, child))
+                elif stat.S_ISDIR(child_st.st_mode):
+                    yield self._upper_dir(fd, child, child_rel, lower)
+                else:
+                    self._upper_object(fd, child, child_rel, child_st)
+        finally:
+            os.close(fd)
+
+    def _lower_of(
+        self,
+        st: os.stat_result,
+        name: bytes,
+        rel: bytes,
+        parent_lower: LowerStack | None,
+        opaque: bool,
+    ) -> LowerStack | None:
+        """None: write this directory as changes; a stack: write it whole, merged with that."""
+        if not rel or opaque:
+            return None if parent_lower is None else ()
+        redirect = self._meta.redirects.get(st.st_ino)
+        if redirect is not None:
+            return self._lowers.at(redirect)
+        if parent_lower is None:
+            return None
+        lower = self._lowers.child(parent_lower, name) if parent_lower else ()
+        return lower if lower and self._lowers.is_dir(lower) else ()
+
+    def _read_dir(self, fd: int, st: os.stat_result) -> _UpperDir:
+        objects: dict[bytes, os.stat_result] = {}
+        whiteouts: set[bytes] = set()
+        opaque = False
+        for entry in os.listdir(fd):
+            name = os.fsencode(entry)
+            if name.startswith(overlay.WH_PREFIX):
+                target = overlay.whiteout_target(name)
+                if name == overlay.OPAQUE_MARKER:
+                    opaque = True
+                elif target and not target.startswith(overlay.WH_PREFIX):
+                    whiteouts.add(target)
+                continue  # other .wh..wh.* names are another union's bookkeeping
+            child = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if overlay.is_whiteout_stat(child):
+                whiteouts.add(name)
+            else:
+                objects[name] = child
+        xattrs = _xattrs_of(fd) | dict(self._meta.xattrs.get(st.st_ino, {}))
+        opaque = opaque or any(
+            overlay.is_opaque_value(xattrs.get(n)) for n in overlay.OPAQUE_XATTRS
+        )
+        return _UpperDir(objects, whiteouts, opaque, _without_internal(xattrs))
+
+    def _upper_object(self, parent_fd: int, name: bytes, rel: bytes, st: os.stat_result) -> None:
+        path = os.fsdecode(rel)
+        if stat.S_ISSOCK(st.st_mode):
+            logger.warning("commit: skipping the socket /%s (a tar cannot hold sockets)", path)
+            return
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+            with open(fd, "rb", buffering=_CHUNK) as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # replaced meanwhile: write it next time
+                    return
+                self._regular(path, st, (-1, st.st_ino), self._xattrs(fd, st), f)
+            return
+        target = ""
+        if stat.S_ISLNK(st.st_mode):
+            target = os.fsdecode(os.readlink(name, dir_fd=parent_fd))
+        xattrs = self._xattrs(_proc_path(parent_fd, name), st)
+        self._tar.addfile(layer_member(path, st, linkname=target, xattrs=xattrs))
+
+    def _regular(
+        self,
+        path: str,
+        st: os.stat_result,
+        key: tuple[int, int],
+        xattrs: Mapping[str, bytes],
+        data: BinaryIO,
+    ) -> None:
+        if st.st_nlink > 1:
+            first = self._links.get(key)
+            if first is not None:
+                self._tar.addfile(
+                    layer_member(path, st, linkname=first, hardlink=True, xattrs=xattrs)
+                )
+                return
+            self._links[key] = path
+        self._tar.addfile(layer_member(path, st, xattrs=xattrs), data)
+
+    def _xattrs(self, target: int | bytes, st: os.stat_result) -> dict[str, bytes]:
+        return _without_internal(_xattrs_of(target) | dict(self._meta.xattrs.get(st.st_ino, {})))
+
+    # Lower trees (below a redirect) ------------------------------------------------------------
+
+    def _lower_tree(self, rel: bytes, stack: LowerStack) -> Visit:
+        """Write the lower object ``stack`` names at ``rel``, and everything below it."""
+        index, path = stack[0]
+        layer = self._lowers.layer(index)
+        st = layer.lstat(path)
+        name = os.fsdecode(rel)
+        xattrs = _without_internal(layer.xattrs(path))
+        if stat.S_ISDIR(st.st_mode):
+            self._tar.addfile(layer_member(name, st, xattrs=xattrs))
+            for child in sorted(self._lowers.names(stack)):
+                yield self._lower_tree(_join(rel, child), self._lowers.child(stack, child))
+        elif stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer.fd)
+            with open(fd, "rb", buffering=_CHUNK) as f:
+                self._regular(name, os.fstat(fd), (index, st.st_ino), xattrs, f)
+        elif stat.S_ISSOCK(st.st_mode):
+            logger.warning("commit: skipping the socket /%s (a tar cannot hold sockets)", name)
+        else:
+            target = os.readlink(path, dir_fd=layer.fd) if stat.S_ISLNK(st.st_mode) else b""
+            self._tar.addfile(layer_member(name, st, linkname=os.fsdecode(target), xattrs=xattrs))
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    # xattr calls take no dir_fd: the kernel resolves this from the open directory, and the
+    # last component is not followed.
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def _xattrs_of(target: int | bytes) -> dict[str, bytes]:
+    """Every xattr of an open file or of a path (not followed); {} where there are none."""
+    follow = isinstance(target, int)
+    out: dict[str, bytes] = {}
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return out
+        raise
+    for name in names:
+        try:
+            out[name] = os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    return out
+
+
+def write_layer(
+    info: ContainerInfo, meta: UpperMeta, lowers: Sequence[str], out: str
+) -> LayerDigests:
+    """Write the container's layer blob (tar+gzip) to the new file ``out``; its digests."""
+    with open(out, "xb") as f:
+        sink = GzipLayerWriter(f)
+        with tarfile.TarFile(
+            fileobj=sink,
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+            copybufsize=_CHUNK,
+        ) as tar:
+            LayerTarWriter(tar, info.upper, meta, lowers).write()
+        return sink.finish()  # no fsync: the import copies the blob (and syncs its copy)
+
+
+# -- the image -------------------------------------------------------------------------------------
+
+
+def new_config(base: bytes, diff_id: Digest, created: str) -> bytes:
+    """The image config ``base`` with the layer ``diff_id`` added on top."""
+    doc = json.loads(base)
+    rootfs = doc["rootfs"]
+    rootfs["diff_ids"] = [*rootfs["diff_ids"], diff_id]
+    doc["history"] = [*(doc.get("history") or []), {"created": created, "created_by": CREATED_BY}]
+    doc["created"] = created
+    return json_bytes(doc)
+
+
+def _descriptor(media_type: str, data: bytes) -> Descriptor:
+    return Descriptor(media_type, compute_digest(data), len(data))
+
+
+def _blob_path(layout: str, digest: Digest) -> str:
+    algorithm, encoded = split_digest(digest)
+    return os.path.join(layout, "blobs", algorithm, encoded)
+
+
+def _put(layout: str, data: bytes) -> None:
+    path = _blob_path(layout, compute_digest(data))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _link_blob(store: Store, layout: str, digest: Digest) -> None:
+    """The store's blob ``digest`` in ``layout``: a hard link (a copy across filesystems)."""
+    target = _blob_path(layout, digest)
+    if os.path.exists(target):
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    source = store.blobs.path(digest)
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise CommitError(f"blob {digest} is missing from the store at {store.root}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+
+
+def _write_layout(
+    store: Store, layout: str, base: BaseImage, layer: LayerDigests, created: str
+) -> None:
+    config = new_config(base.config_bytes, layer.diff_id, created)
+    config_desc = _descriptor(OCI_CONFIG, config)
+    layers = [
+        dataclasses.replace(d, media_type=oci_layer_type(d.media_type), data=None)
+        for d in base.manifest.layers
+    ]
+    layers.append(Descriptor(OCI_LAYER_TAR_GZIP, layer.digest, layer.size))
+    manifest = oci_manifest_bytes(
+        config_desc, layers, {ANNOTATION_BASE_DIGEST: base.manifest_digest}
+    )
+    for d in base.manifest.layers:
+        _link_blob(store, layout, d.digest)
+    _put(layout, config)
+    _put(layout, manifest)
+    entry = Descriptor(
+        OCI_MANIFEST,
+        compute_digest(manifest),
+        len(manifest),
+        annotations={ANNOTATION_REF_NAME: _LAYOUT_REF},
+    )
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor_to_json(entry)]}
+    with open(os.path.join(layout, IMAGE_LAYOUT_FILE), "wb") as f:
+        f.write(json_bytes({"imageLayoutVersion": LAYOUT_VERSION}))
+    with open(os.path.join(layout, IMAGE_INDEX_FILE), "wb") as f:
+        f.write(json_bytes(index))
+
+
+def commit_container(store: Store, name: str, new_image: str) -> ImageRecord:
+    """Store the container ``name``'s changes as the image ``new_image`` (see the module doc)."""
+    image_name = check_image_name(new_image)
+    info = read_container(store, name)
+    base = find_base_image(store, info)
+    flush_mount(info)
+    meta = read_upper_meta(info.work)
+    lowers = [store.backend.diff_dir(c) for c in reversed(info.layers)]
+    created = utc_now()
+    with store.session() as session:
+        layout = os.path.join(session.scratch, "layout")
+        if ":" in layout:
+            raise CommitError(f"{store.root}: commit needs a store path without ':'")
+        os.makedirs(os.path.join(layout, "blobs", "sha256"))
+        staged = os.path.join(layout, "layer.tmp")
+        layer = write_layer(info, meta, lowers, staged)
+        final = _blob_path(layout, layer.digest)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(staged, final)
+        _write_layout(store, layout, base, layer, created)
+        record = pull_image(
+            store, f"oci:{layout}:{_LAYOUT_REF}", PullOptions(name=image_name)
+        ).record
+    return _set_source(store, record, f"container:{name}")
+
+
+def _set_source(store: Store, record: ImageRecord, source: str) -> ImageRecord:
+    """Say where a committed image came from (not the scratch layout it was imported from)."""
+    with store.lock():
+        current = read_image_record(store.paths, record.name)
+        if current is None or current.manifest_digest != record.manifest_digest:
+            return record  # replaced meanwhile by another command: leave theirs alone
+        record = dataclasses.replace(current, source=source)
+        write_image_record(store.paths, record)
+    return record
