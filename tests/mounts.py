@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -201,3 +202,70 @@ def diff_snapshots(a: dict[str, Item], b: dict[str, Item]) -> list[str]:
         if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key)} != {b.get(key)}")
     return out
+
+
+def start_layerfs_with(
+    mountpoint: Path,
+    options: str,
+    *,
+    log: Path | None = None,
+    prefix: Sequence[str] = (),
+) -> LayerfsMount:
+    """Like ``start_layerfs``, with ``--log FILE`` and a command prefix (e.g. ``prlimit ...``).
+
+    The prefix must exec the daemon (as ``prlimit`` and ``setpriv`` do): ``proc.pid`` is
+    the daemon's pid, for signals and /proc.
+    """
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by LayerfsMount.stop
+    args = ["--log", str(log)] if log is not None else []
+    proc = subprocess.Popen(
+        [*prefix, *LAYERFS, "-f", *args, "-o", options, str(mountpoint)],
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    m = LayerfsMount(mountpoint, proc, options, err)
+    try:
+        wait_for(
+            lambda: mounted(mountpoint, "fuse.layerfs") or proc.poll() is not None,
+            what=f"layerfs mount at {mountpoint}",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"layerfs exited {proc.returncode}: {m.stderr_text()}")
+    except BaseException:
+        m.stop()
+        raise
+    return m
+
+
+def crash_layerfs(m: LayerfsMount) -> None:
+    """Simulate a daemon crash: SIGKILL, reap, then detach the dead mount (``-u -z``)."""
+    if m.proc.poll() is None:
+        m.proc.kill()
+    m.proc.wait(timeout=10)
+    subprocess.run(
+        ["fusermount3", "-u", "-z", str(m.mountpoint)], stderr=subprocess.DEVNULL, check=False
+    )
+    wait_for(lambda: not mounted(m.mountpoint, "fuse.layerfs"), what="crashed mount to go")
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status (``VmHWM``, ``VmRSS``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def daemon_stats(m: LayerfsMount, log: Path, timeout: float = 10.0) -> dict[str, int]:
+    """Ask the daemon (SIGUSR1) for its counters and parse the ``stats:`` line it logs."""
+
+    def lines() -> list[str]:
+        return [x for x in log.read_text(errors="replace").splitlines() if "stats: " in x]
+
+    before = len(lines())
+    m.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: len(lines()) > before, timeout, what="daemon stats line")
+    last = lines()[-1].split("stats: ", 1)[1]
+    return {k: int(v) for k, v in (p.split("=", 1) for p in last.split())}

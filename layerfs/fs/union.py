@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from . import copyup, whiteout
 from .copyup import CopyJob
 from .inodes import (
+    MAX_REAL_INO,
     OVERFLOW_TAG,
     ROOT_INO,
+    TAG_SHIFT,
     UPPER_TAG,
     InodeTable,
     LowerRef,
@@ -38,7 +40,7 @@ from .layers import Layer, ListingCache
 from .meta import MetaStore
 from .options import MountOptions
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
-from .upper import Upper
+from .upper import INDEX_DIR, Upper
 
 # Lower layers are immutable: the kernel may keep what it learnt of them for long.
 LOWER_TIMEOUT = 86400.0
@@ -96,6 +98,8 @@ class UnionFS:
         self.writable = self.upper is not None and not opts.readonly
         self._overflow: dict[tuple[int, int], int] = {}
         self.table = InodeTable(self._make_root())
+        if self.writable:
+            self._complete_groups()
 
     def close(self) -> None:
         for layer in self.layers:
@@ -104,6 +108,23 @@ class UnionFS:
             self.meta.close()
         if self.upper:
             self.upper.close()
+
+    def _complete_groups(self) -> None:
+        """Link every name of each indexed hard-link group a crash left unlinked.
+
+        Done at mount so that link counts are whole before anyone looks; names that
+        moved with a renamed directory are linked when first resolved.
+        """
+        assert self.upper is not None
+        for entry in os.listdir(os.path.join(self.upper.workdir, INDEX_DIR)):
+            try:
+                ino = int(entry, 16)
+            except ValueError:
+                continue
+            layer = (ino >> TAG_SHIFT) - lower_tag(0)
+            if 0 <= layer < len(self.layers):
+                for name in self.layers[layer].hardlink_names(b"", ino & MAX_REAL_INO):
+                    self._walk(name)
 
     def _make_root(self) -> Node:
         stack: list[LowerRef] = []
