@@ -785,9 +785,10 @@ def case_open_fds(s: Steps) -> None:
     os.mkdir(s.p("nd"))
     fd = os.open(s.p("nd"), os.O_RDONLY | os.O_DIRECTORY)
     s("rmdir open dir", lambda: os.rmdir(s.p("nd")))
-    # Deliberate difference: a FUSE directory removed while open is dead to the VFS and the
-    # daemon keeps no handle on it (no fd per inode), so fstat/fchmod/readdir through the old
-    # fd fail with ENOENT where overlayfs still answers. test_removed_open_dir pins it.
+    s("fstat removed dir", lambda: stat.filemode(os.fstat(fd).st_mode))
+    s("list removed dir", lambda: os.listdir(fd))
+    # Deliberate difference: the daemon keeps no handle on a directory (no fd per inode), so
+    # fchmod of one removed while open gets ENOENT. test_removed_open_dir pins it.
     s("create in removed dir", lambda: os.close(os.open("x", os.O_CREAT | os.O_WRONLY, dir_fd=fd)))
     s("close removed dir", lambda: os.close(fd))
 
@@ -1333,8 +1334,9 @@ def test_removed_open_dir(pair: Pair) -> None:
     fd = os.open(pair.lfs / "nd", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.rmdir(pair.lfs / "nd")
+        assert os.listdir(fd) == []
         with pytest.raises(FileNotFoundError):
-            os.listdir(fd)
+            os.fchmod(fd, 0o700)
         assert not (pair.lfs / "nd").exists()
     finally:
         os.close(fd)

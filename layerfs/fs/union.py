@@ -441,6 +441,8 @@ class UnionFS:
         if node.upper:
             return
         upper = self._need_writable()
+        if not node.lower:
+            raise _err(errno.ENOENT, node.path())  # removed while open
         assert node.parent is not None and self.meta is not None
         self.ensure_upper_dir(node.parent)
         st = node.lower_stat
@@ -730,9 +732,12 @@ class UnionFS:
         need_wh = self.lower_has(parent, name)
         ppath = parent.path()
         if entry.upper_st is not None:
+            gone = self.stat(node)
             upper.remove_dir(_join(ppath, name), whiteout_after=need_wh)
             assert self.meta is not None
             self.meta.forget_ino(entry.upper_st.st_ino)
+            # Still open somewhere, maybe: it answers fstat with what it last was, empty.
+            node.upper, node.lower, node.lower_stat = False, (), gone
         else:
             self.ensure_upper_dir(parent)
             upper.whiteout(ppath, name)
