@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 CONTENDERS = ("native", "kernel", "fuse-overlayfs", "layerfs")
@@ -143,7 +144,7 @@ def sh(cmd: str, cwd: Path | None = None) -> None:
     subprocess.run(["sh", "-c", cmd], check=True, cwd=cwd, stdout=subprocess.DEVNULL)
 
 
-def timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -206,6 +207,84 @@ def workloads(layers: Layers) -> dict[str, Callable[[Path], float]]:
     }
 
 
+def build_image(root: Path) -> str:
+    """A three-layer image of about 260 MB built with umoci from /usr content; its name."""
+    layout = root / "image"
+    if (root / ".image-v2").exists():
+        return f"{layout}:big"
+    shutil.rmtree(layout, ignore_errors=True)
+    print(f"bench: building image in {layout}", file=sys.stderr)
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:big"], check=True)
+    bundle = root / "image-bundle"
+    for src in ("/usr/share/doc", "/usr/share/man", "/usr/lib/python3"):
+        shutil.rmtree(bundle, ignore_errors=True)
+        subprocess.run(
+            ["umoci", "unpack", "--image", f"{layout}:big", str(bundle)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        dest = bundle / "rootfs" / src.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", src, str(dest)], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["umoci", "repack", "--image", f"{layout}:big", str(bundle)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    shutil.rmtree(bundle, ignore_errors=True)
+    subprocess.run(
+        ["umoci", "config", "--image", f"{layout}:big", "--config.cmd", "/bin/sh"], check=True
+    )
+    (root / ".image-v2").touch()
+    return f"{layout}:big"
+
+
+def image_side(root: Path, runs: int) -> dict[str, dict[str, float]]:
+    """layerctl pull vs umoci unpack of the same image; layerctl create from the cache."""
+    image = build_image(root)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-img-", dir=root))
+    ctl = [sys.executable, "-m", "layerfs.cli.layerctl"]
+    pull, umoci, create = [], [], []
+    try:
+        for i in range(runs):
+            store, bundle = scratch / f"store{i}", scratch / f"bundle{i}"
+            pull_cmd = [*ctl, "--root", str(store), "pull", "-q", f"oci:{image}"]
+            umoci_cmd = ["umoci", "unpack", "--image", image, str(bundle)]
+            create_cmd = [*ctl, "--root", str(store), "create", _name(image), f"c{i}"]
+            quiet = {"check": True, "stdout": subprocess.DEVNULL}
+            drop_caches()
+            pull.append(timed(partial(subprocess.run, pull_cmd, **quiet)))
+            drop_caches()
+            umoci.append(timed(partial(subprocess.run, umoci_cmd, **quiet)))
+            create.append(timed(partial(subprocess.run, create_cmd, **quiet)))
+            subprocess.run(
+                [*ctl, "--root", str(store), "rm", "--force", f"c{i}"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(bundle, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    size = sum(f.stat().st_size for f in Path(image.rsplit(":", 1)[0]).rglob("*") if f.is_file())
+    mb = size / 1e6
+    return {
+        "pull (s)": {"layerctl": statistics.median(pull), "umoci unpack": statistics.median(umoci)},
+        "pull (MB/s, compressed)": {
+            "layerctl": mb / statistics.median(pull),
+            "umoci unpack": mb / statistics.median(umoci),
+        },
+        "create from cache (s)": {"layerctl": statistics.median(create)},
+    }
+
+
+def _name(image: str) -> str:
+    # layerctl's default name for oci:DIR:REF is <basename of DIR>:REF.
+    layout, ref = image.rsplit(":", 1)
+    return f"{Path(layout).name}:{ref}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/bench", description=__doc__)
     p.add_argument("--dir", default="/var/tmp/layerfs-bench", help="where layers are built")
@@ -213,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="run only workloads containing this text")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-image", action="store_true", help="skip layerctl pull/create")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (mounts, drop_caches)", file=sys.stderr)
@@ -242,6 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(_table(results))
+    if not args.no_image:
+        img = image_side(Path(args.dir), args.runs)
+        for name, r in img.items():
+            cells = "  ".join(f"{k} {v:.3f}" for k, v in r.items())
+            ratio = (
+                f"  layerctl/umoci {r['layerctl'] / r['umoci unpack']:.2f}"
+                if "umoci unpack" in r and "(s)" in name
+                else ""
+            )
+            print(f"{name:<26} {cells}{ratio}")
+        results.update(img)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
