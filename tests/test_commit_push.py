@@ -558,7 +558,7 @@ def test_commit_errors(world: World) -> None:
 
 
 def test_push_errors(world: World, tmp_path: Path) -> None:
-    fails(layerctl(world.root, "push", BASE, "docker://example.com/a:b"), "not supported yet")
+    fails(layerctl(world.root, "push", BASE, "docker://example.com/A"), "invalid repository name")
     fails(layerctl(world.root, "push", BASE, "ftp:/x"), "unknown transport 'ftp'")
     fails(layerctl(world.root, "push", BASE, "oci:"), "missing path")
     fails(layerctl(world.root, "push", BASE, f"oci:{tmp_path}:@1"), "@N")

@@ -371,7 +371,7 @@ CASES: dict[str, Case] = {
     ),
     "no-such-dir": args_case("no such directory", "oci:LAYOUT/nothing:latest"),
     "unknown-transport": args_case("unknown transport 'ftp'", "ftp:LAYOUT"),
-    "docker-transport": args_case("docker:// transport is not supported", "docker://busybox"),
+    "docker-bad-name": args_case("invalid repository name", "docker://Busybox"),
     "bad-name": args_case("image name 'a b'", "oci:LAYOUT:latest", "--name", "a b"),
     "docker-archive-missing-layer": docker_archive_case(
         "'missing.tar' is missing from the archive",

@@ -509,8 +509,8 @@ def test_parse_source_forms() -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("docker://busybox", "docker:// transport is not supported yet"),
-        ("dir:/x", r"unknown transport 'dir'.*docker:// is not supported yet"),
+        ("docker://Busybox", "invalid repository name"),
+        ("dir:/x", r"unknown transport 'dir'"),
         ("/some/path", "missing transport"),
         ("oci:", "missing path"),
         ("oci:/x:bad ref", "invalid reference"),

@@ -4,6 +4,7 @@
 
     layerctl [--root DIR] init [--backend dir|zfs] [--zfs-dataset POOL/PATH]
     layerctl [--root DIR] pull SOURCE [--name NAME] [--platform OS/ARCH[/VARIANT]] [-q]
+                               [--creds USER:PASS] [--tls-verify=false] [--cert-dir DIR]
     layerctl [--root DIR] images
     layerctl [--root DIR] inspect IMAGE [--json]
     layerctl [--root DIR] rmi IMAGE
@@ -32,6 +33,7 @@ from layerfs.cli import layerctl_containers, layerctl_publish
 from layerfs.cli.exitcodes import ExitCode
 from layerfs.cli.progress import TerminalProgress, human_size
 from layerfs.oci import OCIError, Platform, parse_platform
+from layerfs.oci.registry import using_registry_options
 from layerfs.store.entries import EntriesError
 from layerfs.store.errors import StoreError, StoreMissingError
 from layerfs.store.fsck import check_store
@@ -70,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="layerctl",
         description="Import OCI images into the layerfs layer store and manage it.",
-        epilog="Sources: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]. "
+        epilog="Sources: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], "
+        "docker://HOST[:PORT]/REPO[:TAG|@DIGEST]. "
         "The store is --root, else $LAYERFS_ROOT, else /var/lib/layerfs (root) or "
         "$XDG_DATA_HOME/layerfs.",
     )
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "--platform", type=_platform, metavar="OS/ARCH[/VARIANT]", help="default: this machine's"
     )
     s.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    layerctl_publish.add_registry_flags(s)
     s.set_defaults(func=_pull)
 
     s = sub.add_parser("images", parents=[common], help="list stored images")
@@ -141,9 +145,10 @@ def _pull(args: argparse.Namespace) -> int:
     progress = None
     if not args.quiet and sys.stderr.isatty():
         progress = TerminalProgress(sys.stderr)
-    result = pull_image(
-        store, args.source, PullOptions(name=args.name, platform=args.platform), progress
-    )
+    with using_registry_options(layerctl_publish.registry_options(args)):
+        result = pull_image(
+            store, args.source, PullOptions(name=args.name, platform=args.platform), progress
+        )
     if not args.quiet:
         r = result.record
         print(

@@ -39,7 +39,7 @@ against its descriptor. Names follow skopeo: ``oci:DIR[:REF]``,
 files) raise :class:`SourceError`. A resolved image reads through its source:
 use it only while the source is open.
 
-Caveats: ``docker://`` is not supported yet; foreign layers whose blob is
+Caveats: foreign layers whose blob is
 absent cannot be fetched from their URLs; an ``oci-archive`` or
 ``docker-archive`` that is itself compressed is decompressed into the scratch
 directory first.

@@ -5,8 +5,11 @@ As in containers/image, the path ends at the first ``:`` after the transport,
 so paths containing ``:`` cannot be named. ``REF`` is a name in the layout's
 ``org.opencontainers.image.ref.name`` annotations for the OCI transports, a
 ``NAME[:TAG]`` from ``RepoTags`` for docker-archive, or ``@N`` (the N-th
-image, from 0) for any of them. ``docker://`` is recognised but not supported
-yet.
+image, from 0) for any of them.
+
+``docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`` names an image in a registry (grammar in
+:mod:`layerfs.oci.registry.names`); its ``SourceRef`` has ``path`` ``HOST/REPO`` and ``ref``
+the canonical ``HOST/REPO:TAG`` (or ``@DIGEST``), e.g. ``docker.io/library/busybox:latest``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from layerfs.oci.errors import SourceError
+from layerfs.oci.registry.names import parse_registry_ref
 
 
 class Transport(enum.Enum):
@@ -24,9 +28,10 @@ class Transport(enum.Enum):
     OCI = "oci"
     OCI_ARCHIVE = "oci-archive"
     DOCKER_ARCHIVE = "docker-archive"
+    DOCKER = "docker"
 
 
-_SUPPORTED = ", ".join(f"{t.value}:" for t in Transport)
+_SUPPORTED = ", ".join("docker://" if t is Transport.DOCKER else f"{t.value}:" for t in Transport)
 _INDEX_REF_RE = re.compile(r"@(0|[1-9][0-9]{0,8})")
 # containers/image's rule for OCI layout reference names.
 _OCI_REF_RE = re.compile(r"[A-Za-z0-9._-]+(?:[:/@][A-Za-z0-9._-]+)*")
@@ -49,6 +54,8 @@ class SourceRef:
         return None
 
     def __str__(self) -> str:
+        if self.transport is Transport.DOCKER:
+            return f"docker://{self.ref}"
         text = f"{self.transport.value}:{self.path}"
         return f"{text}:{self.ref}" if self.ref is not None else text
 
@@ -56,7 +63,8 @@ class SourceRef:
 def parse_source(name: str) -> SourceRef:
     """Parse an image source name; :class:`SourceError` says what is wrong with it."""
     if name.startswith("docker://"):
-        raise SourceError(f"{name}: the docker:// transport is not supported yet")
+        image = parse_registry_ref(name[len("docker://") :])
+        return SourceRef(Transport.DOCKER, image.name, str(image))
     transport_name, sep, rest = name.partition(":")
     if not sep:
         raise SourceError(f"{name!r}: missing transport (expected one of {_SUPPORTED})")
@@ -64,9 +72,10 @@ def parse_source(name: str) -> SourceRef:
         transport = Transport(transport_name)
     except ValueError:
         raise SourceError(
-            f"{name!r}: unknown transport {transport_name!r} (supported: {_SUPPORTED}; "
-            "docker:// is not supported yet)"
+            f"{name!r}: unknown transport {transport_name!r} (supported: {_SUPPORTED})"
         ) from None
+    if transport is Transport.DOCKER:
+        raise SourceError(f"{name!r}: registry images are named docker://HOST/REPO[:TAG]")
     path, _, ref = rest.partition(":")
     if not path:
         raise SourceError(f"{name!r}: missing path after {transport_name}:")
