@@ -1,6 +1,7 @@
-"""``layerctl`` container commands: create, ps, mount, umount, rm, mount-image.
+"""``layerctl`` container commands: create, ps, mount, umount, rm, mount-image, snapshot, rollback.
 
-Wiring only: the work is in `layerfs.store.containers` and `layerfs.bundle`.
+Wiring only: the work is in `layerfs.store.containers` (and `layerfs.store.zfscontainers` for
+the zfs backend's quota and snapshots) and `layerfs.bundle`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from layerfs.store.errors import StoreMissingError
 from layerfs.store.pull import PullOptions, pull_image
 from layerfs.store.records import ImageRecord
 from layerfs.store.store import Store
+from layerfs.store.zfscontainers import parse_size
 
 _TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:", "docker://")
 
@@ -35,7 +37,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="bundle directory (default: the container's directory in the store)",
     )
-    s.add_argument("--upper-quota", metavar="SIZE", help="limit the upper layer (zfs backend)")
+    s.add_argument(
+        "--upper-quota", metavar="SIZE", help="limit the upper layer, e.g. 10G (zfs backend)"
+    )
     s.add_argument("--tty", action="store_true", help="terminal: true in config.json")
     s.set_defaults(func=_create)
 
@@ -72,6 +76,28 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("directory", metavar="DIR", help="an existing directory")
     s.set_defaults(func=_mount_image)
 
+    s = sub.add_parser(
+        "snapshot",
+        parents=[common],
+        help="snapshot a container's upper layer, or list its snapshots (zfs backend)",
+    )
+    s.add_argument("name", metavar="NAME", help="container name")
+    s.add_argument("snap", metavar="SNAP", nargs="?", help="snapshot name (default: the time)")
+    s.add_argument("--list", action="store_true", help="list the snapshots, oldest first")
+    s.set_defaults(func=_snapshot)
+
+    s = sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="roll a container's upper layer back to a snapshot (zfs backend)",
+    )
+    s.add_argument("name", metavar="NAME", help="container name")
+    s.add_argument("snap", metavar="SNAP", help="snapshot name")
+    s.add_argument(
+        "--destroy-newer", action="store_true", help="also destroy the snapshots made after SNAP"
+    )
+    s.set_defaults(func=_rollback)
+
 
 def _image(store: Store, ref: str) -> ImageRecord:
     if ref.startswith(_TRANSPORTS):
@@ -84,9 +110,12 @@ def _create(args: argparse.Namespace) -> int:
     ct.check_name(args.name)
     if args.upper_quota and store.config.backend != "zfs":
         raise ct.ContainerError("--upper-quota needs the zfs backend (layerctl init --backend zfs)")
+    quota = parse_size(args.upper_quota) if args.upper_quota else None
     image = _image(store, args.image)
     config = store.image_config(image)
-    c = ct.create_container(store, image, args.image, args.name, bundle=args.bundle)
+    c = ct.create_container(
+        store, image, args.image, args.name, bundle=args.bundle, upper_quota=quota
+    )
     try:
         user = resolve_user(config.config.user, c.rootfs)
         spec = runtime_config(config, user=user, rootfs="rootfs", tty=args.tty, hostname=args.name)
@@ -125,10 +154,7 @@ def _mount(args: argparse.Namespace) -> int:
     for c in targets:
         state = ct.mount_container(store, c)
         label = c.name if c.kind == ct.KIND_CONTAINER else c.rootfs
-        print(
-            f"{label}: {'already mounted' if state == 'mounted' and not args.all else state}"
-            f" at {c.rootfs}"
-        )
+        print(f"{label}: {state} at {c.rootfs}")
     return 0
 
 
@@ -162,4 +188,24 @@ def _mount_image(args: argparse.Namespace) -> int:
     image = _image(store, args.image)
     c = ct.mount_image(store, image, args.image, args.directory)
     print(c.rootfs)
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    store = Store.open(args.root)
+    if args.list:
+        if args.snap:
+            raise ct.ContainerError("layerctl snapshot --list NAME takes no SNAP")
+        for snap in ct.container_snapshots(store, args.name):
+            print(snap)
+        return 0
+    snap = ct.snapshot_container(store, args.name, args.snap)
+    print(f"{args.name}@{snap}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    store = Store.open(args.root)
+    remounted = ct.rollback_container(store, args.name, args.snap, destroy_newer=args.destroy_newer)
+    print(f"{args.name}: rolled back to {args.snap}{' and remounted' if remounted else ''}")
     return 0

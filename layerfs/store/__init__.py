@@ -13,8 +13,10 @@ The API, by module:
   sections that change records) and ``session()`` (a private workspace in ``tmp/``).
 - `pull.pull_image(store, source, PullOptions(name, platform), progress)` -> `pull.PullResult`.
 - `gc.collect_garbage(store)` -> `gc.GCResult`; `fsck.check_store(store)` -> problem lines.
-- `backend.LayerBackend` — what a backend implements (`dirs.DirBackend` is the default);
-  `store.open_backend` chooses one from ``store.json``.
+- `backend.LayerBackend` — what a backend implements (`dirs.DirBackend` is the default,
+  `zfsbackend.ZfsBackend` a dataset per layer); `store.open_backend` chooses one from
+  ``store.json``. `zfs.Zfs` runs ZFS commands by dataset name; `zfscontainers` keeps
+  container uppers in datasets (quota, snapshot, rollback).
 - `records` — the JSON records (`records.ImageRecord`, `records.LayerRecord`, container refs);
   `refs.collect_references` derives what is in use; `layout.StorePaths` names every path.
 - `unpack.unpack_layer` and `entries` — extraction of one layer tar and its entry manifest.

@@ -17,8 +17,9 @@ Life of a layer, driven by the store:
    `LayerBackend.purge_session` then frees everything the backend put in a session directory
    (also what a dead process left behind, found by `gc`).
 
-Backends: ``dir`` (`layerfs.store.dirs`, plain directories) is the default; ``zfs`` (a dataset per
-layer, mounted on ``diff/``; sealed read-only with a snapshot at publish) is the next one.
+Backends: ``dir`` (`layerfs.store.dirs`, plain directories) is the default; ``zfs``
+(`layerfs.store.zfsbackend`: a dataset per layer, mounted on ``diff/``, sealed read-only with a
+snapshot at publish) keeps layer trees in ZFS.
 The store records its backend in ``store.json`` when it is created; every command uses it.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,8 +61,16 @@ class LayerBackend(abc.ABC):
         self.paths = paths
         self.config = config
 
+    def initialise(self) -> None:  # noqa: B027 - the dir backend needs nothing
+        """Prepare what a new store needs outside its root (zfs: the datasets); by ``init``,
+        before ``store.json`` is written. Must be idempotent."""
+
     def check(self) -> None:  # noqa: B027 - the dir backend needs nothing
         """Raise `StoreError` when the backend cannot work here (e.g. its dataset is gone)."""
+
+    def activate(self, chain_ids: Sequence[Digest]) -> None:  # noqa: B027 - dirs always are
+        """Make the published layers' trees reachable at `diff_dir` before a mount uses them
+        (zfs: mount the datasets that are not, e.g. after a reboot)."""
 
     def unpack_options(self) -> UnpackOptions:
         """How layers are unpacked onto this backend (e.g. xattrs to the sidecar)."""

@@ -1,7 +1,10 @@
 """Containers and image mounts: records under ``containers/``, rootfs mounts by ``layerfs``.
 
 A container is ``containers/<name>/`` holding ``container.json``, ``upper/``, ``work/`` and,
-unless ``--bundle`` put them elsewhere, ``rootfs/`` (the mount) and ``config.json``. An image
+unless ``--bundle`` put them elsewhere, ``rootfs/`` (the mount) and ``config.json``. With the
+zfs backend, ``upper/`` and ``work/`` are in the container's own dataset, mounted at
+``containers/<name>/fs/`` (`layerfs.store.zfscontainers`): it has the ``--upper-quota``, and
+``snapshot``/``rollback`` act on it; ``rm`` destroys it. An image
 mounted read-only at a directory of the user's (``mount-image``) is a record of kind
 ``image-mount`` in the same place, so that both keep their layers alive the same way
 (`refs.collect_references`). Records are written before anything is mounted and removed after
@@ -23,10 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerfs.oci import Digest
-from layerfs.store.durable import remove_tree, write_atomic
+from layerfs.store import zfscontainers as zc
+from layerfs.store.durable import remove_tree, syncfs, write_atomic
 from layerfs.store.errors import StoreError
 from layerfs.store.records import CONTAINER_RECORD, ImageRecord, utc_now
 from layerfs.store.store import Store
+from layerfs.store.zfs import DatasetName, Zfs
+from layerfs.store.zfsbackend import ZfsBackend
 
 KIND_CONTAINER = "container"
 KIND_IMAGE_MOUNT = "image-mount"
@@ -52,6 +58,7 @@ class Container:
     bundle: str | None
     upper: str | None
     work: str | None
+    dataset: str | None = None  # zfs backend: the dataset holding upper and work
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +74,7 @@ class Container:
             "bundle": self.bundle,
             "upper": self.upper,
             "work": self.work,
+            "dataset": self.dataset,
         }
 
     @classmethod
@@ -83,6 +91,7 @@ class Container:
             bundle=doc.get("bundle"),
             upper=doc.get("upper"),
             work=doc.get("work"),
+            dataset=doc.get("dataset"),
         )
 
 
@@ -182,13 +191,19 @@ def _lower_option(store: Store, layers: tuple[Digest, ...]) -> str:
 
 
 def mount_container(store: Store, c: Container) -> str:
-    """Mount ``c``'s rootfs unless it is; a stale mount (dead daemon) is cleaned first."""
+    """Mount ``c``'s rootfs unless it is; a stale mount (dead daemon) is cleaned first.
+
+    Says what it did: ``already mounted``, ``mounted`` or ``remounted`` (it was stale).
+    """
     state = mount_state(c.rootfs)
     if state == "mounted":
-        return state
+        return "already mounted"
     if state == "stale":
         _unmount(c.rootfs, lazy=True)
     os.makedirs(c.rootfs, exist_ok=True)
+    store.backend.activate(c.layers)
+    if c.dataset is not None and c.upper is not None:
+        zc.mount_upper(_zfs(store, c), DatasetName(c.dataset), os.path.dirname(c.upper))
     # allow_other: container processes run as the image's users, not as the mounter.
     opts = f"lowerdir={_lower_option(store, c.layers)},allow_other"
     if c.kind == KIND_CONTAINER:
@@ -212,15 +227,29 @@ def unmount_container(c: Container, *, force: bool = False) -> bool:
 
 
 def create_container(
-    store: Store, image: ImageRecord, image_ref: str, name: str, *, bundle: str | None = None
+    store: Store,
+    image: ImageRecord,
+    image_ref: str,
+    name: str,
+    *,
+    bundle: str | None = None,
+    upper_quota: int | None = None,
 ) -> Container:
-    """Make the container's directories and record, and mount its rootfs."""
+    """Make the container's record and upper (a dataset on zfs, with ``upper_quota`` bytes
+    at most), and mount its rootfs."""
     check_name(name)
+    zfs_backend = store.backend if isinstance(store.backend, ZfsBackend) else None
+    if upper_quota is not None and zfs_backend is None:
+        raise ContainerError("--upper-quota needs the zfs backend (layerctl init --backend zfs)")
     cdir = store.paths.container_dir(name)
     bundle_dir = os.path.abspath(bundle) if bundle else cdir
+    # On zfs, upper/ and work/ are in the container's dataset, made once the record exists.
+    upper_root = os.path.join(cdir, zc.UPPER_MOUNT) if zfs_backend else cdir
     with store.lock():
         if os.path.lexists(cdir):
             raise ContainerError(f"a container named {name!r} exists already")
+        if zfs_backend is not None:
+            zc.check_free(zfs_backend, name)
         if (
             bundle
             and os.path.lexists(os.path.join(bundle_dir, "rootfs"))
@@ -239,14 +268,18 @@ def create_container(
             created=utc_now(),
             rootfs=os.path.join(bundle_dir, "rootfs"),
             bundle=bundle_dir,
-            upper=os.path.join(cdir, "upper"),
-            work=os.path.join(cdir, "work"),
+            upper=os.path.join(upper_root, "upper"),
+            work=os.path.join(upper_root, "work"),
+            dataset=zc.container_dataset(zfs_backend, name) if zfs_backend else None,
         )
-        for d in (c.upper, c.work):
-            assert d is not None
-            os.mkdir(d, 0o755)
+        if zfs_backend is None:
+            for d in (c.upper, c.work):
+                assert d is not None
+                os.mkdir(d, 0o755)
         _write(store, c)
     try:
+        if zfs_backend is not None:
+            zc.create_upper(zfs_backend, name, upper_root, quota=upper_quota)
         os.makedirs(bundle_dir, exist_ok=True)
         mount_container(store, c)
     except BaseException:
@@ -263,6 +296,9 @@ def remove_container(store: Store, name: str, *, force: bool = False) -> Contain
             f"container {name!r} is mounted: 'layerctl umount {name}' first, or rm --force"
         )
     unmount_container(c, force=True)
+    if c.dataset is not None:
+        # Before the record goes (it keeps the layers); retried while the daemon lets go.
+        zc.destroy_upper(_zfs(store, c), DatasetName(c.dataset))
     cdir = store.paths.container_dir(c.name)
     if c.bundle and c.bundle != cdir:
         for leftover in ("config.json",):
@@ -290,6 +326,84 @@ def remove_container(store: Store, name: str, *, force: bool = False) -> Contain
         os.unlink(_record_path(store, c.name))
         os.rmdir(cdir)
     return c
+
+
+# ZFS snapshots of the upper ----------------------------------------------------------------
+
+
+def _zfs(store: Store, c: Container) -> Zfs:
+    if isinstance(store.backend, ZfsBackend):
+        return store.backend.zfs
+    raise ContainerError(f"container {c.name!r} has a zfs dataset but the store is not on zfs")
+
+
+def _dataset(store: Store, c: Container) -> tuple[Zfs, DatasetName]:
+    if c.dataset is None:
+        raise ContainerError(
+            f"container {c.name!r} keeps its upper in a directory: snapshots and rollback "
+            "need the zfs backend (a store made with 'layerctl init --backend zfs')"
+        )
+    return _zfs(store, c), DatasetName(c.dataset)
+
+
+def snapshot_container(store: Store, name: str, snap: str | None = None) -> str:
+    """Snapshot the container's upper (what the mount has written so far); the name used."""
+    c = read_container(store, name)
+    zfs, dataset = _dataset(store, c)
+    snap = snap or zc.default_snapshot_name()
+    if mount_state(c.rootfs) == "mounted":
+        _flush(c)
+    zc.snapshot_upper(zfs, dataset, snap)
+    return snap
+
+
+def _flush(c: Container) -> None:
+    """Write the mount's dirty pages through to the upper before it is snapshotted.
+
+    ``syncfs`` also reports, once, a write-back error from before (e.g. the pages of a file
+    that hit the quota, already reported to its writer): a second call tells whether
+    flushing now fails.
+    """
+    try:
+        syncfs(c.rootfs)
+    except OSError:
+        try:
+            syncfs(c.rootfs)
+        except OSError as exc:
+            raise ContainerError(
+                f"container {c.name!r}: its rootfs cannot be flushed for the snapshot: "
+                f"{exc.strerror}"
+            ) from None
+
+
+def container_snapshots(store: Store, name: str) -> list[str]:
+    """The container's snapshots, oldest first."""
+    c = read_container(store, name)
+    zfs, dataset = _dataset(store, c)
+    return zc.snapshots(zfs, dataset)
+
+
+def rollback_container(store: Store, name: str, snap: str, *, destroy_newer: bool = False) -> bool:
+    """Roll the container's upper back to ``snap``: unmount the rootfs (refused while
+    something uses it), roll back, mount again if it was. Whether it was remounted."""
+    c = read_container(store, name)
+    zfs, dataset = _dataset(store, c)
+    zc.check_rollback(zfs, dataset, snap, destroy_newer=destroy_newer)
+    state = mount_state(c.rootfs)
+    if state != "unmounted":
+        try:
+            _unmount(c.rootfs, lazy=state == "stale")
+        except ContainerError:
+            raise ContainerError(
+                f"container {name!r} is in use (its rootfs {c.rootfs} cannot be unmounted): "
+                "stop what runs in it, then roll back"
+            ) from None
+    try:
+        zc.rollback_upper(zfs, dataset, snap, destroy_newer=destroy_newer)
+    finally:
+        if state != "unmounted":
+            mount_container(store, c)
+    return state != "unmounted"
 
 
 def mount_image(store: Store, image: ImageRecord, image_ref: str, directory: str) -> Container:

@@ -52,6 +52,7 @@ from layerfs.store.records import (
 from layerfs.store.refs import image_users
 from layerfs.store.session import Session, start_session
 from layerfs.store.shield import shielded
+from layerfs.store.zfsbackend import ZfsBackend
 
 _ID_RE = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
 # What may already be in a root that a concurrent first use is initialising.
@@ -63,7 +64,7 @@ def open_backend(paths: StorePaths, config: StoreConfig) -> LayerBackend:
     if config.backend == "dir":
         return DirBackend(paths, config)
     if config.backend == "zfs":
-        raise StoreError(f"{paths.root}: the zfs backend is not available in this version yet")
+        return ZfsBackend(paths, config)
     raise StoreError(
         f"{paths.config}: unknown backend {config.backend!r} (known: {', '.join(BACKEND_NAMES)})"
     )
@@ -223,7 +224,9 @@ def _initialise(paths: StorePaths, config: StoreConfig) -> StoreConfig:
         )
     if config.backend not in BACKEND_NAMES:
         raise StoreError(f"unknown backend {config.backend!r} (known: {', '.join(BACKEND_NAMES)})")
-    open_backend(paths, config)  # refuse a backend this version cannot use before making dirs
+    # Refuse a backend that cannot work here before making anything; then prepare it (zfs:
+    # the datasets), idempotently, as a concurrent first use may be doing the same.
+    open_backend(paths, config).initialise()
     make_dirs(paths)
     with FileLock(paths.lock):  # two first uses at once: one writes, both read the same
         found = read_store_config(paths)
