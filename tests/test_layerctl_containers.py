@@ -134,7 +134,7 @@ def test_lifecycle(image: str, root: Path) -> None:
     assert (rootfs / "note").read_text() == "kept\n"
 
     # A dead daemon leaves a stale mount (ENOTCONN): mount cleans it and mounts again.
-    pid = _daemon_of(rootfs)
+    pid = int((root / "containers/life/daemon.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: _state(pid) in ("Z", "gone"), what="daemon death")
     with pytest.raises(OSError):
@@ -200,19 +200,6 @@ def test_create_unknown_user(tmp_path: Path, root: Path) -> None:
     assert r.code != 0 and len(r.err_lines) == 1 and "ghost" in r.err, r.err
     assert os.listdir(root / "containers") == []
     assert not mounted(root / "containers/gh/rootfs")
-
-
-def _daemon_of(mountpoint: Path) -> int:
-    needle = os.fsencode(mountpoint)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and _state(int(pid)) not in ("Z", "gone"):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        return int(pid)
-            except OSError:
-                pass
-    raise AssertionError(f"no daemon for {mountpoint}")
 
 
 def _state(pid: int) -> str:

@@ -206,11 +206,18 @@ def serve(cfg: DaemonConfig, fs: UnionFS, ops: Operations) -> None:
 
 def run(cfg: DaemonConfig) -> int:
     """Mount and serve; in the background unless ``cfg.foreground``. Returns an exit code."""
-    check(cfg.options, cfg.mountpoint)
     if cfg.foreground:
+        check(cfg.options, cfg.mountpoint)
         fs, ops = _mount(cfg)
         serve(cfg, fs, ops)
         return 0
+    spawn(cfg)
+    return 0
+
+
+def spawn(cfg: DaemonConfig) -> int:
+    """Mount with a daemon forked from this process; its pid, once the mount is live."""
+    check(cfg.options, cfg.mountpoint)
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -218,12 +225,16 @@ def run(cfg: DaemonConfig) -> int:
         with os.fdopen(r, "rb") as pipe:
             msg = pipe.read().decode(errors="replace")
         if msg == "ok":
-            return 0
+            return pid
         os.waitpid(pid, 0)
         raise MountError(msg or "the mount daemon exited before the mount was ready")
     os.close(r)
     code = 1
     try:
+        # A daemon keeps nothing of its caller: not its locks, not its pipes (the caller
+        # may be layerctl, or a test process, rather than our own command line).
+        os.closerange(3, w)
+        os.closerange(w + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         os.setsid()
         try:
             fs, ops = _mount(cfg)
