@@ -26,6 +26,26 @@ from layerfs.oci.tree import clean_path
 _MAX_LINK_HOPS = 32
 
 
+_EXTENDED = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_EXTENDED_MAX = 16 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads PAX and GNU long-name headers whole into memory: bound them first."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > _EXTENDED_MAX:
+            raise tarfile.ReadError(f"{self.size}-byte extended header (limit {_EXTENDED_MAX})")
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
 class TarTree:
     """Random access to the regular files of the tar archive at ``path``."""
 
@@ -43,7 +63,7 @@ class TarTree:
     def _index(self) -> None:
         with os.fdopen(os.dup(self._fd), "rb") as f:
             try:
-                with tarfile.open(fileobj=f, mode="r:") as tar:
+                with tarfile.open(fileobj=f, mode="r:", tarinfo=_BoundedTarInfo) as tar:
                     for member in tar:
                         self._add(member)
             except tarfile.TarError as exc:

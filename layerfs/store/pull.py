@@ -254,14 +254,15 @@ def _commit(
         (image.manifest_digest, image.manifest_bytes),
         (image.config_digest, image.config_bytes),
     ]
-    staged = {
-        digest: store.blobs.stage_bytes(session.path, digest, data)
-        for digest, data in documents
-        if not store.blobs.has(digest)
-    }
     published: list[Digest] = []
     with shielded():  # an interrupt waits until the record is written or rolled back
         try:
+            # Staged inside the try: a full disk here must roll back the layers too.
+            staged = {
+                digest: store.blobs.stage_bytes(session.path, digest, data)
+                for digest, data in documents
+                if not store.blobs.has(digest)
+            }
             with store.lock():
                 for digest, path in staged.items():
                     if store.blobs.publish(path, digest):
@@ -284,7 +285,9 @@ def _commit(
                     size=size,
                 )
                 write_image_record(store.paths, record)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                exc.add_note(f"while recording {image.source} in the store at {store.root}")
             _rollback(
                 store,
                 session,

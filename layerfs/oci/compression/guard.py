@@ -2,12 +2,12 @@
 
 A compressed layer may expand by at most ``max_ratio`` output bytes per input
 byte consumed, plus a fixed ``slack`` (so tiny inputs are not judged on their
-ratio), and never beyond ``max_output`` when that is set. Deflate cannot
-exceed about 1032:1, so the default ratio only matters for zstd, whose
-ratio on long runs of zeros is unbounded.
+ratio), and never beyond ``max_output`` when that is set. Deflate reaches
+about 1032:1 on zeros and zstd far more; real layers stay well under 256:1,
+so the default bounds a 2 MiB bomb at about 768 MiB of output.
 
-Caveat: a legitimate zstd layer holding a large all-zero file can exceed the
-default ratio; raise ``max_ratio`` for such images.
+Caveat: a legitimate layer holding a large file of zeros (hundreds of MB)
+can exceed the default ratio; raise ``max_ratio`` for such images.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from layerfs.oci.streams import ByteStream, read_some
 class DecompressionLimits:
     """Bounds on how far a compressed stream may expand."""
 
-    max_ratio: int = 4096
-    slack: int = 64 << 20
+    max_ratio: int = 256
+    slack: int = 256 << 20
     max_output: int | None = None
 
     def __post_init__(self) -> None:
