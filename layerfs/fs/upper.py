@@ -155,13 +155,7 @@ class Upper:
     def hide_while_replacing(self, parent: bytes, name: bytes) -> None:
         """Swap a whiteout device at ``parent/name`` for an OCI whiteout file, so that the
         name stays hidden while a directory is renamed onto it (no RENAME_EXCHANGE)."""
-        fd = os.open(
-            _join(parent, whiteout.WH_PREFIX + name),
-            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o000,
-            dir_fd=self.fd,
-        )
-        os.close(fd)
+        _touch(self.fd, _join(parent, whiteout.WH_PREFIX + name))
         os.unlink(_join(parent, name), dir_fd=self.fd)
 
     def drop_wh_file(self, parent: bytes, name: bytes) -> None:
@@ -194,13 +188,7 @@ class Upper:
         if self.char_whiteouts:
             os.rename(self.new_whiteout(), dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
             return
-        fd = os.open(
-            _join(parent, whiteout.WH_PREFIX + name),
-            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o000,
-            dir_fd=self.fd,
-        )
-        os.close(fd)
+        _touch(self.fd, _join(parent, whiteout.WH_PREFIX + name))
         try:
             os.unlink(dst, dir_fd=self.fd)
         except FileNotFoundError:
@@ -237,13 +225,7 @@ class Upper:
         aside = self.tmpname()
         if whiteout_after:
             # No exchange here: an OCI whiteout file hides the name while it changes hands.
-            fd = os.open(
-                _join(parent, whiteout.WH_PREFIX + name),
-                os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-                0o000,
-                dir_fd=self.fd,
-            )
-            os.close(fd)
+            _touch(self.fd, _join(parent, whiteout.WH_PREFIX + name))
         os.rename(path, aside, src_dir_fd=self.fd, dst_dir_fd=self.work_fd)
         if whiteout_after and self.char_whiteouts:
             os.rename(self.new_whiteout(), path, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
@@ -258,25 +240,15 @@ class Upper:
 
     def make_opaque_in_work(self, tmp: bytes) -> None:
         """Mark the directory ``tmp`` in the work directory opaque."""
-        fd = os.open(
-            _join(tmp, whiteout.OPAQUE_MARKER),
-            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o000,
-            dir_fd=self.work_fd,
-        )
-        os.close(fd)
-        self._opaque_xattr(b"/proc/self/fd/%d/%s" % (self.work_fd, tmp))
+        self._mark_opaque(self.work_fd, tmp)
 
     def make_opaque(self, path: bytes) -> None:
         """Mark the upper directory ``path`` opaque."""
-        fd = os.open(
-            _join(path, whiteout.OPAQUE_MARKER),
-            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o000,
-            dir_fd=self.fd,
-        )
-        os.close(fd)
-        self._opaque_xattr(self.proc(path))
+        self._mark_opaque(self.fd, path)
+
+    def _mark_opaque(self, dir_fd: int, path: bytes) -> None:
+        _touch(dir_fd, _join(path, whiteout.OPAQUE_MARKER))
+        self._opaque_xattr(b"/proc/self/fd/%d/%s" % (dir_fd, path))
 
     def _opaque_xattr(self, path: bytes) -> None:
         if not self.xattrs or os.geteuid() != 0:
@@ -286,6 +258,11 @@ class Upper:
         except OSError as exc:
             if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
                 raise
+
+
+def _touch(dir_fd: int, path: bytes) -> None:
+    """An empty marker file (an OCI whiteout or the opaque marker)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=dir_fd))
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
