@@ -1,4 +1,5 @@
-"""Thin wrappers for the system calls Python's ``os`` module lacks (renameat2, FICLONE)."""
+"""Thin wrappers around system calls: those ``os`` lacks (renameat2, FICLONE) and small
+helpers every part of the engine uses on paths, times and errors."""
 
 from __future__ import annotations
 
@@ -36,3 +37,28 @@ def try_reflink(src_fd: int, dst_fd: int) -> bool:
             return False
         raise
     return True
+
+
+def oserror(code: int, what: bytes | str = "") -> OSError:
+    """An OSError carrying ``code``, as a failing system call would raise it."""
+    return OSError(code, os.strerror(code), what)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """``parent/name`` for paths relative to a layer root (``.`` is the root)."""
+    return name if parent == b"." else parent + b"/" + name
+
+
+def merge_times(times: tuple[int | None, int | None], st: os.stat_result) -> tuple[int, int]:
+    """(atime, mtime) in ns, taking from ``st`` what ``times`` leaves unset."""
+    atime, mtime = times
+    return (st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime)
+
+
+def writable_fd(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+def keep_times(dir_fd: int, path: bytes, st: os.stat_result) -> None:
+    """Put back the atime and mtime of ``path`` as ``st`` had them."""
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -16,13 +16,12 @@ Caveats:
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import copyup, whiteout
+from . import attrs, copyup, renames, whiteout
 from .copyup import CopyJob
 from .inodes import (
     MAX_REAL_INO,
@@ -39,36 +38,17 @@ from .inodes import (
 from .layers import Layer, ListingCache
 from .meta import MetaStore
 from .options import MountOptions
-from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from .syscalls import join as _join
+from .syscalls import keep_times as _keep_times
+from .syscalls import oserror as _err
 from .upper import INDEX_DIR, Upper
 
 # Lower layers are immutable: the kernel may keep what it learnt of them for long.
 LOWER_TIMEOUT = 86400.0
 
 
-def _err(code: int, what: bytes | str = "") -> OSError:
-    return OSError(code, os.strerror(code), what)
-
-
-def _join(parent: bytes, name: bytes) -> bytes:
-    return name if parent == b"." else parent + b"/" + name
-
-
-def _times(times: tuple[int | None, int | None], st: os.stat_result) -> tuple[int, int]:
-    atime, mtime = times
-    return (st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime)
-
-
-def _writable_fd(fd: int) -> bool:
-    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-
-
 def _index_name(ino: int) -> bytes:
     return b"%x" % ino
-
-
-def _keep_times(dir_fd: int, path: bytes, st: os.stat_result) -> None:
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
 @dataclass(frozen=True)
@@ -743,135 +723,13 @@ class UnionFS:
             upper.whiteout(ppath, name)
         parent.nlink_cache = None
 
+    # Renames and attributes live in their own modules; these are their entry points.
+
     def rename(
         self, old_parent: Node, old: bytes, new_parent: Node, new: bytes, flags: int
     ) -> None:
         """Rename; non-directory sources (and targets for EXCHANGE) must be copied up first."""
-        upper = self._need_writable()
-        self._check_new_name(new)
-        src, src_node = self._existing(old_parent, old)
-        dst = self.resolve(new_parent, new)
-        if flags & RENAME_NOREPLACE and dst is not None:
-            raise _err(errno.EEXIST, new)
-        exchange = bool(flags & RENAME_EXCHANGE)
-        if exchange and dst is None:
-            raise _err(errno.ENOENT, new)
-        dst_node = self.node_of(new_parent, new, dst) if dst is not None else None
-        if dst_node is not None and dst_node.ino == src_node.ino:
-            return  # two names of one object: POSIX says do nothing
-        if dst is not None and not exchange:
-            if src.kind == stat.S_IFDIR and dst.kind != stat.S_IFDIR:
-                raise _err(errno.ENOTDIR, new)
-            if src.kind != stat.S_IFDIR and dst.kind == stat.S_IFDIR:
-                raise _err(errno.EISDIR, new)
-            if dst_node is not None and dst.kind == stat.S_IFDIR and self.list_dir(dst_node):
-                raise _err(errno.ENOTEMPTY, new)
-        for n in (src_node, dst_node) if exchange else (src_node,):
-            if n is None:
-                continue
-            if n.is_dir:
-                self.ensure_upper_dir(n)
-            elif not n.upper:
-                raise _err(errno.EIO, b"rename source not copied up")
-        self.ensure_upper_dir(old_parent)
-        self.ensure_upper_dir(new_parent)
-        old_path = _join(old_parent.path(), old)
-        new_path = _join(new_parent.path(), new)
-        old_needs_wh = self.lower_has(old_parent, old)
-        # What keeps a moved directory's own lower contents (a redirect) or hides those of
-        # its new place (opaque) is recorded before the rename: a crash then leaves it either
-        # unmoved with a harmless mark, or moved and complete.
-        self._prepare_moved_dir(src_node, old_path, new_parent, new)
-        if exchange:
-            assert dst_node is not None
-            self._prepare_moved_dir(dst_node, new_path, old_parent, old)
-            renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
-            self._moved(src_node, old_parent, old, new_parent, new)
-            self._moved(dst_node, new_parent, new, old_parent, old)
-        else:
-            self._rename_over(old_parent, old, new_parent, new, src_node.is_dir, old_needs_wh)
-            if dst_node is not None:
-                self.table.drop_name(dst_node, new_parent, new)
-            self._moved(src_node, old_parent, old, new_parent, new)
-        if src.kind == stat.S_IFDIR or (dst is not None and dst.kind == stat.S_IFDIR):
-            old_parent.nlink_cache = None  # only directories count in a directory's links
-            new_parent.nlink_cache = None
-
-    def _prepare_moved_dir(self, node: Node, path: bytes, parent: Node, name: bytes) -> None:
-        """Before a directory at ``path`` moves to ``parent/name``: keep its own lower
-        contents (redirect), hide those of its new place (opaque)."""
-        if not node.is_dir:
-            return
-        assert self.upper is not None and self.meta is not None
-        st = self.upper.lstat(path)
-        assert st is not None
-        if node.lower:
-            lower_path = node.lower[0][1]
-            if lower_path != parent.child_path(name) or st.st_ino in self.meta.redirects:
-                self.meta.set_redirect(st.st_ino, lower_path)
-        elif self.lower_has(parent, name) and not self.upper.is_opaque(path):
-            self.upper.make_opaque(path)
-
-    def _rename_over(
-        self,
-        old_parent: Node,
-        old: bytes,
-        new_parent: Node,
-        new: bytes,
-        is_dir: bool,
-        old_needs_wh: bool,
-    ) -> None:
-        """The upper side of a plain rename: replace what is at the target, whiteout the source."""
-        upper = self._need_writable()
-        old_path = _join(old_parent.path(), old)
-        new_path = _join(new_parent.path(), new)
-        replaced = upper.lstat(new_path)
-        if replaced is not None and stat.S_ISDIR(replaced.st_mode):
-            # An empty merged directory: its whiteouts must not give way before it does.
-            upper.remove_dir(new_path, whiteout_after=self.lower_has(new_parent, new))
-            assert self.meta is not None
-            self.meta.forget_ino(replaced.st_ino)
-            replaced = upper.lstat(new_path)
-        if replaced is not None and whiteout.is_whiteout_stat(replaced):
-            if is_dir:
-                # A directory cannot be renamed over a whiteout device: swap the two, which
-                # leaves the whiteout at the old name, where it may be wanted.
-                try:
-                    renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_EXCHANGE)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                        raise
-                    upper.hide_while_replacing(new_parent.path(), new)
-                    os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
-                    if old_needs_wh:
-                        upper.whiteout(old_parent.path(), old)
-                else:
-                    if not old_needs_wh:
-                        os.unlink(old_path, dir_fd=upper.fd)
-                upper.drop_wh_file(new_parent.path(), new)
-                return
-            replaced = None
-        if old_needs_wh and upper.char_whiteouts:
-            try:
-                renameat2(upper.fd, old_path, upper.fd, new_path, RENAME_WHITEOUT)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                    raise
-                os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
-                upper.whiteout(old_parent.path(), old)
-        else:
-            os.rename(old_path, new_path, src_dir_fd=upper.fd, dst_dir_fd=upper.fd)
-            if old_needs_wh:
-                upper.whiteout(old_parent.path(), old)
-        upper.drop_wh_file(new_parent.path(), new)
-        if replaced is not None:
-            self._gone(replaced)
-
-    def _moved(self, node: Node, old_parent: Node, old: bytes, parent: Node, name: bytes) -> None:
-        self.table.drop_name(node, old_parent, old)
-        self.table.add_name(node, parent, name)
-
-    # Attributes and xattrs -------------------------------------------------------------
+        renames.rename(self, old_parent, old, new_parent, new, flags)
 
     def setattr(
         self,
@@ -884,134 +742,20 @@ class UnionFS:
         times: tuple[int | None, int | None] | None = None,
         fd: int | None = None,
     ) -> None:
-        """Change attributes of an object already in the upper.
-
-        An object no longer reachable by its name (unlinked, still open) is changed
-        through ``fd``, never through a path that may now name something else.
-        """
-        upper = self._need_writable()
-        if not self.is_linked(node):
-            if fd is None:
-                raise _err(errno.ENOENT, node.path())
-            self._setattr_fd(fd, mode, uid, gid, size, times, node.kind)
-            return
-        path = node.path()
-        if uid is not None or gid is not None:
-            os.chown(
-                path,
-                -1 if uid is None else uid,
-                -1 if gid is None else gid,
-                dir_fd=upper.fd,
-                follow_symlinks=False,
-            )
-        if mode is not None and node.kind != stat.S_IFLNK:
-            os.chmod(path, stat.S_IMODE(mode), dir_fd=upper.fd)
-        if size is not None:
-            # The kernel may hand over any handle of the file, a read-only one included.
-            tfd = (
-                fd
-                if fd is not None and _writable_fd(fd)
-                else os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper.fd)
-            )
-            try:
-                os.ftruncate(tfd, size)
-            finally:
-                if tfd != fd:
-                    os.close(tfd)
-        if times is not None:
-            st = os.lstat(path, dir_fd=upper.fd)
-            os.utime(path, ns=_times(times, st), dir_fd=upper.fd, follow_symlinks=False)
-
-    @staticmethod
-    def _setattr_fd(
-        fd: int,
-        mode: int | None,
-        uid: int | None,
-        gid: int | None,
-        size: int | None,
-        times: tuple[int | None, int | None] | None,
-        kind: int,
-    ) -> None:
-        if uid is not None or gid is not None:
-            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        if mode is not None and kind != stat.S_IFLNK:
-            os.fchmod(fd, stat.S_IMODE(mode))
-        if size is not None:
-            if not _writable_fd(fd):
-                raise _err(errno.EBADF)
-            os.ftruncate(fd, size)
-        if times is not None:
-            os.utime(fd, ns=_times(times, os.fstat(fd)))
+        """Change attributes of an object already in the upper (see `attrs.setattr`)."""
+        attrs.setattr(self, node, mode=mode, uid=uid, gid=gid, size=size, times=times, fd=fd)
 
     def check_xattr_name(self, name: str) -> None:
-        """Refuse to set ``name`` before anything is copied up for it."""
-        self._xattr_enabled()
-        if whiteout.is_internal_xattr(name):
-            raise _err(errno.EPERM)
-
-    def _xattr_enabled(self) -> None:
-        if not self.opts.xattrs:
-            raise _err(errno.ENOTSUP)
-
-    def _upper_xattrs(self, node: Node) -> dict[str, bytes]:
-        assert self.upper is not None and self.meta is not None
-        path = node.path()
-        out: dict[str, bytes] = {}
-        if self.upper.xattrs:
-            target = self.upper.proc(path)
-            for name in os.listxattr(target, follow_symlinks=False):
-                try:
-                    out[name] = os.getxattr(target, name, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno != errno.ENODATA:
-                        raise
-        out.update(self.meta.get_xattrs(self.stat(node).st_ino))
-        return out
+        attrs.check_xattr_name(self, name)
 
     def xattrs(self, node: Node) -> dict[str, bytes]:
-        """The user-visible extended attributes of ``node``."""
-        self._xattr_enabled()
-        raw = self._upper_xattrs(node) if node.upper else self.lower_xattrs(node.lower[0])
-        return {k: v for k, v in raw.items() if not whiteout.is_internal_xattr(k)}
+        return attrs.xattrs(self, node)
 
     def getxattr(self, node: Node, name: str) -> bytes:
-        self._xattr_enabled()
-        if whiteout.is_internal_xattr(name):
-            raise _err(errno.ENODATA)
-        if node.upper:
-            assert self.upper is not None and self.meta is not None
-            if self.upper.xattrs:
-                try:
-                    return os.getxattr(self.upper.proc(node.path()), name, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno != errno.ENODATA:
-                        raise
-            value = self.meta.get_xattrs(self.stat(node).st_ino).get(name)
-        else:
-            value = self.lower_xattrs(node.lower[0]).get(name)
-        if value is None:
-            raise _err(errno.ENODATA)
-        return value
+        return attrs.getxattr(self, node, name)
 
     def setxattr(self, node: Node, name: str, value: bytes) -> None:
-        upper = self._need_writable()
-        self._xattr_enabled()
-        if whiteout.is_internal_xattr(name):
-            raise _err(errno.EPERM)
-        assert self.meta is not None
-        if upper.xattrs:
-            os.setxattr(upper.proc(node.path()), name, value, follow_symlinks=False)
-        else:
-            self.meta.set_xattr(self.stat(node).st_ino, name, value)
+        attrs.setxattr(self, node, name, value)
 
     def removexattr(self, node: Node, name: str) -> None:
-        upper = self._need_writable()
-        self._xattr_enabled()
-        if whiteout.is_internal_xattr(name):
-            raise _err(errno.ENODATA)
-        assert self.meta is not None
-        if self.meta.remove_xattr(self.stat(node).st_ino, name):
-            return
-        if not upper.xattrs:
-            raise _err(errno.ENODATA)
-        os.removexattr(upper.proc(node.path()), name, follow_symlinks=False)
+        attrs.removexattr(self, node, name)
