@@ -91,27 +91,7 @@ def start_layerfs(
     mountpoint: Path, options: str, *, user_env: dict[str, str] | None = None
 ) -> LayerfsMount:
     """Start ``layerfs -f`` and wait until its mount shows in mountinfo."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    # stderr to a file, not a pipe: a daemon blocked on a full pipe would hang the mount.
-    err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by LayerfsMount.stop
-    proc = subprocess.Popen(
-        [*LAYERFS, "-f", "-o", options, str(mountpoint)],
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-        env=user_env,
-    )
-    m = LayerfsMount(mountpoint, proc, options, err)
-    try:
-        wait_for(
-            lambda: mounted(mountpoint, "fuse.layerfs") or proc.poll() is not None,
-            what=f"layerfs mount at {mountpoint}",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"layerfs exited {proc.returncode}: {m.stderr_text()}")
-    except BaseException:
-        m.stop()
-        raise
-    return m
+    return start_layerfs_with(mountpoint, options, env=user_env)
 
 
 @contextlib.contextmanager
@@ -210,8 +190,10 @@ def start_layerfs_with(
     *,
     log: Path | None = None,
     prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> LayerfsMount:
-    """Like ``start_layerfs``, with ``--log FILE`` and a command prefix (e.g. ``prlimit ...``).
+    """Start ``layerfs -f`` (with ``--log FILE``, a command prefix such as ``prlimit ...``,
+    an environment) and wait until its mount shows in mountinfo.
 
     The prefix must exec the daemon (as ``prlimit`` and ``setpriv`` do): ``proc.pid`` is
     the daemon's pid, for signals and /proc.
@@ -223,6 +205,7 @@ def start_layerfs_with(
         [*prefix, *LAYERFS, "-f", *args, "-o", options, str(mountpoint)],
         stdout=subprocess.DEVNULL,
         stderr=err,
+        env=env,
     )
     m = LayerfsMount(mountpoint, proc, options, err)
     try:

@@ -425,18 +425,7 @@ class UnionFS:
             raise _err(errno.ENOENT, node.path())  # removed while open
         assert node.parent is not None and self.meta is not None
         self.ensure_upper_dir(node.parent)
-        st = node.lower_stat
-        assert isinstance(st, os.stat_result)
-        job = CopyJob(
-            self.layers[node.lower[0][0]].fd,
-            node.lower[0][1],
-            st,
-            self.lower_xattrs(node.lower[0]),
-            upper.work_fd,
-            upper.tmpname(),
-            fsync=False,
-            xattrs_supported=upper.xattrs and self.opts.xattrs,
-        )
+        job = self._job(node, with_data=True, fsync=False)
         left = copyup.stage(job)
         if left:
             self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
@@ -448,13 +437,17 @@ class UnionFS:
 
         None when there is nothing to copy: the node's hard-link group already has its copy.
         """
-        upper = self._need_writable()
+        self._need_writable()
         assert node.parent is not None
         entry = self.resolve(node.parent, node.name)
         if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
             node.upper, node.lower, node.lower_stat = True, (), None
             return None
         self.ensure_upper_dir(node.parent)
+        return self._job(node, with_data=with_data, fsync=self.opts.fsync)
+
+    def _job(self, node: Node, *, with_data: bool, fsync: bool) -> CopyJob:
+        upper = self._need_writable()
         st = node.lower_stat
         assert isinstance(st, os.stat_result)
         return CopyJob(
@@ -465,7 +458,7 @@ class UnionFS:
             upper.work_fd,
             upper.tmpname(),
             with_data=with_data,
-            fsync=self.opts.fsync,
+            fsync=fsync,
             xattrs_supported=upper.xattrs and self.opts.xattrs,
         )
 
