@@ -756,12 +756,6 @@ def _one(ti: tarfile.TarInfo, data: bytes) -> bytes:
 
 @needs_root
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    run=False,  # it spins until its deadline: kept to be run by hand until fixed
-    reason="known bug: holes of a sparse member are hashed byte by byte (store/filedata.py), "
-    "so a huge apparent size makes pull spin; fix: hash data segments and the hole map",
-)
 def test_sparse_member_with_giant_apparent_size(tmp_path: Path) -> None:
     """A 3 KB layer holding a sparse file of 1 PiB (all hole), on a store on tmpfs, which, like
     xfs and btrfs, takes files that big. The pull must refuse it or take it quickly, and a
@@ -1121,11 +1115,6 @@ def test_unprivileged_pull_makes_no_devices_and_no_setuid_root_files() -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a store pulled without owners keeps modes its owner cannot read "
-    "(0000 files, 0311 dirs), so fsck aborts on them instead of checking them",
-)
 def test_unprivileged_store_with_unreadable_modes() -> None:
     """Modes an image may well have (Fedora's /etc/shadow is 0000) in a store of a non-root user,
     who cannot bypass them: fsck must still check the layer, and gc remove it."""

@@ -1,4 +1,5 @@
-"""Writing a tar member's data to its file, hashed (xxh3-128) on the way for the entry manifest.
+"""Writing a tar member's data to its file, digested on the way for the entry manifest
+(`layerfs.store.entries.ContentHash`: the same digest fsck computes from the file).
 
 `write_dense` copies a regular member; `write_sparse` writes the data segments of a GNU sparse
 member at their offsets and leaves holes between them. Both read exactly what the member holds
@@ -9,14 +10,12 @@ from __future__ import annotations
 
 import os
 
-import xxhash
-
+from layerfs.store.entries import ContentHash
 from layerfs.store.tarread import Refused, TarReader
 
 __all__ = ["CHUNK", "write_dense", "write_sparse"]
 
 CHUNK = 1 << 20
-_ZEROS = bytes(CHUNK)
 
 
 def _read_exact(stream: TarReader, n: int) -> bytes:
@@ -36,13 +35,14 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> 
 
 
 def write_dense(fd: int, size: int, stream: TarReader) -> str:
-    """Copy ``size`` bytes of ``stream`` to ``fd``; their xxh3-128 hex digest."""
+    """Copy ``size`` bytes of ``stream`` to ``fd``; their content digest."""
+    h = ContentHash(size)
     if size <= CHUNK:  # the common case: one read, one write, one hash call
         data = _read_exact(stream, size)
         if data:
             _write_all(fd, data)
-        return xxhash.xxh3_128_hexdigest(data)
-    h = xxhash.xxh3_128()
+        h.update(data)
+        return h.hexdigest()
     left = size
     while left:
         data = _read_exact(stream, min(left, CHUNK))
@@ -52,17 +52,11 @@ def write_dense(fd: int, size: int, stream: TarReader) -> str:
     return h.hexdigest()
 
 
-def _hash_zeros(h: xxhash.xxh3_128, n: int) -> None:
-    zeros = memoryview(_ZEROS)
-    while n > 0:
-        h.update(zeros[: min(n, CHUNK)])
-        n -= CHUNK
-
-
 def write_sparse(
     fd: int, size: int, segments: list[tuple[int, int]], stream: TarReader, data_end: int
 ) -> str:
-    """Write the data segments of a GNU sparse member at their offsets, leaving holes."""
+    """Write the data segments of a GNU sparse member at their offsets, leaving holes; the
+    content digest, in which a hole costs the same whatever its length."""
     pos = stored = 0
     for offset, length in segments:
         if length == 0:  # old GNU headers pad the map with (0, 0); a final (size, 0) marks the end
@@ -73,19 +67,19 @@ def write_sparse(
         stored += length
     if stored > data_end - stream.tell():
         raise Refused("sparse map describes more data than the member holds")
-    # First, so that a size beyond what the filesystem allows fails before hashing its zeros.
+    # First, so that a size beyond what the filesystem allows (EFBIG) fails before any write.
     os.ftruncate(fd, size)
-    h = xxhash.xxh3_128()
+    h = ContentHash(size)
     pos = 0
     for offset, length in segments:
         if not length:
             continue
-        _hash_zeros(h, offset - pos)
+        h.zeros(offset - pos)
         pos = offset
         while pos < offset + length:
             data = _read_exact(stream, min(offset + length - pos, CHUNK))
             h.update(data)
             _write_all(fd, data, pos)
             pos += len(data)
-    _hash_zeros(h, size - pos)
+    h.zeros(size - pos)
     return h.hexdigest()

@@ -84,3 +84,6 @@ def _check_layer(store: Store, chain_id: Digest) -> list[str]:
         return [f"{os.path.relpath(exc.filename or layer_dir, layer_dir)}: missing"]
     except (StoreDamagedError, EntriesError, SidecarError) as exc:
         return [str(exc)]
+    except OSError as exc:  # one layer that cannot be checked must not stop the check of the rest
+        where = os.fsdecode(exc.filename) if exc.filename is not None else layer_dir
+        return [f"{os.path.relpath(where, layer_dir)}: cannot be checked: {exc.strerror or exc}"]

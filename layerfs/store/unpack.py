@@ -49,9 +49,9 @@ Decisions (where tar implementations differ):
 Caveats: see `layerfs.store.tarread` for header parsing. A GNU sparse map's size is bounded
 only by the stream. GNU ``SCHILY.acl.*`` text ACLs and file flags are ignored (Go-built layers
 carry ACLs as ``system.posix_acl_*`` xattrs, which are kept). Sparse members are written with
-holes; regular members are written densely even when they hold zeros. A sparse file's digest
-covers its holes, so hashing it takes time in proportion to its apparent size (zeros hash at tens
-of GiB/s; the filesystem's size limit bounds it). A character device 0:0 is created as such, and
+holes; regular members are written densely even when they hold zeros. Above 1 GiB a file's
+digest records runs of zero blocks by position (`entries.ContentHash`), so a hole of any length
+costs constant time at unpack and in fsck. A character device 0:0 is created as such, and
 the union filesystem reads it as an overlay whiteout, as kernel overlayfs would.
 """
 
