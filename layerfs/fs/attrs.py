@@ -34,10 +34,13 @@ def setattr(
 ) -> None:
     """Change attributes of an object already in the upper.
 
-    An object no longer reachable by its name (unlinked, still open) is changed
-    through ``fd``, never through a path that may now name something else.
+    An open object is changed through ``fd`` (one of its own handles): cheaper than a
+    path, and right even when its name is gone or names something else now.
     """
     upper = fs._need_writable()
+    if fd is not None and (size is None or _writable_fd(fd)):
+        _setattr_fd(fd, mode, uid, gid, size, times, node.kind)
+        return
     if not fs.is_linked(node):
         if fd is None:
             raise _err(errno.ENOENT, node.path())
