@@ -236,6 +236,7 @@ def spawn(cfg: DaemonConfig) -> int:
         os.closerange(3, w)
         os.closerange(w + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         os.setsid()
+        _name_process()
         try:
             fs, ops = _mount(cfg)
         except MountError as exc:
@@ -250,6 +251,15 @@ def spawn(cfg: DaemonConfig) -> int:
         log.exception("daemon failed")
     finally:
         os._exit(code)
+
+
+def _name_process() -> None:
+    # Forked from layerctl, the daemon would show in top/ps -o comm as its caller.
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write("layerfs")
+    except OSError:
+        pass
 
 
 def _detach_stdio() -> None:
