@@ -1,7 +1,9 @@
 """The OCI image model: digests, descriptors, index/manifest/config, media types, sources.
 
-This package reads images; it must not import ``layerfs.fs``, ``layerfs.store``
-or ``layerfs.bundle``, and it never writes outside a caller's scratch directory.
+This package reads images (``oci:``, ``oci-archive:``, ``docker-archive:``, ``docker://``)
+and writes them (`writer`: layouts and archives; `registry`: pushes); it must not import
+``layerfs.fs``, ``layerfs.store`` or ``layerfs.bundle``, and it writes only where its caller
+says: a scratch directory, or the destination of a push.
 
 Documents — ``parse_descriptor``, ``parse_manifest``, ``parse_index`` and
 ``parse_config`` take JSON (``bytes`` or ``str``) and return frozen

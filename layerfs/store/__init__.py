@@ -1,7 +1,9 @@
 """The layer store: verified, safe, shared unpacking of OCI layers; image records; gc and fsck.
 
-It may use ``layerfs.oci`` (to read images) and ``layerfs.fs.sidecar`` (the xattr sidecar
-format); it must not import ``layerfs.cli`` or ``layerfs.bundle``, and it prints nothing: the
+It may use ``layerfs.oci`` (to read images) and, from ``layerfs.fs``, the on-disk formats of
+the union (the xattr sidecar, whiteouts, the metadata database, read by `commit`) and its
+daemon (`containers` mounts rootfs with it); it must not import ``layerfs.cli`` or
+``layerfs.bundle``, and it prints nothing: the
 CLI words and shows what it returns or raises (`errors.StoreError` and ``layerfs.oci``'s
 `OCIError` are user errors, anything else is a bug).
 
@@ -20,6 +22,9 @@ The API, by module:
 - `records` — the JSON records (`records.ImageRecord`, `records.LayerRecord`, container refs);
   `refs.collect_references` derives what is in use; `layout.StorePaths` names every path.
 - `unpack.unpack_layer` and `entries` — extraction of one layer tar and its entry manifest.
+- `containers` — containers and image mounts (records, rootfs mounts, lifecycle);
+  `commit.commit_container` and `push.push_image` — a container's upper as a new image, and
+  images written out to layouts, archives and registries.
 
 The on-disk layout is described in `layout`; locking and crash safety in `session` and `locks`.
 """
