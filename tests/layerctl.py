@@ -61,3 +61,25 @@ def fingerprint(root: Path) -> dict[str, str]:
                 desc += " -> " + os.readlink(path)
             out[os.path.relpath(path, root)] = desc
     return out
+
+
+def remove_all_containers(store: Path) -> None:
+    """Whatever a test left in ``store``: unmount and remove it through layerctl itself."""
+    if (store / "containers").exists():
+        layerctl(store, "umount", "--all")
+        for c in os.listdir(store / "containers"):
+            layerctl(store, "rm", "--force", c)
+
+
+def runc_run(bundle: str, cid: str) -> subprocess.CompletedProcess[str]:
+    """``runc run`` of a bundle, always deleted afterwards."""
+    try:
+        return subprocess.run(
+            ["runc", "run", "--bundle", bundle, cid],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run(["runc", "delete", "-f", cid], capture_output=True, check=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import WHITEOUT, Dir, File, ImageConfigSpec, build_image
-from tests.layerctl import layerctl
+from tests.layerctl import layerctl, remove_all_containers, runc_run
 from tests.mounts import mounted, wait_for
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
@@ -61,23 +61,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "store"
     yield store
     # Whatever a failing test left: unmount and remove through layerctl itself.
-    if (store / "containers").exists():
-        layerctl(store, "umount", "--all")
-        for c in os.listdir(store / "containers"):
-            layerctl(store, "rm", "--force", c)
-
-
-def runc(bundle: str, cid: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["runc", "run", "--bundle", bundle, cid],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        subprocess.run(["runc", "delete", "-f", cid], capture_output=True, check=False)
+    remove_all_containers(store)
 
 
 @pytest.mark.runc
@@ -96,7 +80,7 @@ def test_create_and_runc_run(image: str, root: Path) -> None:
     assert config["process"]["user"]["uid"] == 1000
     assert config["process"]["terminal"] is False
 
-    out = runc(bundle, f"lfs-c1-{os.getpid()}")
+    out = runc_run(bundle, f"lfs-c1-{os.getpid()}")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     assert lines[:6] == ["1000", "1000", "1000 1001", "/srv/app", "hello /home/app", "wrote"]

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from tests.images import (
     manifest_of,
     run,
 )
-from tests.layerctl import Run, fingerprint, layerctl
+from tests.layerctl import Run, fingerprint, layerctl, remove_all_containers, runc_run
 from tests.mounts import mounted
 from tests.registry import (
     REGISTRY,
@@ -144,23 +143,7 @@ def root(tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "store"
     assert layerctl(store, "init").code == 0
     yield store
-    if (store / "containers").exists():
-        layerctl(store, "umount", "--all")
-        for c in os.listdir(store / "containers"):
-            layerctl(store, "rm", "--force", c)
-
-
-def runc(bundle: str, cid: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["runc", "run", "--bundle", bundle, cid],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        subprocess.run(["runc", "delete", "-f", cid], capture_output=True, check=False)
+    remove_all_containers(store)
 
 
 # -- pull, run, commit, push ----------------------------------------------------------------------
@@ -177,7 +160,7 @@ def test_pull_create_run_commit_push(world: World, root: Path, tmp_path: Path) -
     assert r.code == 0, r.err
     bundle = r.out.strip()
     assert mounted(Path(bundle) / "rootfs", "fuse.layerfs")
-    out = runc(bundle, f"lfs-reg-{os.getpid()}")
+    out = runc_run(bundle, f"lfs-reg-{os.getpid()}")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello from the registry\n"
 

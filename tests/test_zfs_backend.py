@@ -35,9 +35,9 @@ from tests.images import (
     hand_image,
     have_tools,
 )
-from tests.layerctl import LAYERCTL, layerctl, spawn
+from tests.layerctl import LAYERCTL, layerctl, runc_run, spawn
 from tests.mounts import diff_snapshots, mounted, snapshot, wait_for
-from tests.test_layerctl_containers import GROUP, PASSWD, runc
+from tests.test_layerctl_containers import GROUP, PASSWD
 from tests.test_layerctl_hostile import member, tar_of
 from tests.test_layerctl_pull import CONFIG as FEATURE_CONFIG
 from tests.test_layerctl_pull import LAYERS as FEATURE_LAYERS
@@ -218,7 +218,7 @@ def test_container_cycle_on_zfs(layout: Path, zstore: ZStore) -> None:
         "mountpoint": f"{upper.parent} local",
     }
 
-    out = runc(str(bundle), f"lfs-z1-{os.getpid()}")
+    out = runc_run(str(bundle), f"lfs-z1-{os.getpid()}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["1000", "wrote"]
     assert (upper / "srv/app/written").exists(), "the write lands in the container's dataset"
