@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import whiteout
@@ -194,3 +195,35 @@ class ListingCache:
             _, old = self._cache.popitem(last=False)
             self._held -= len(old.entries) + 1
         return listing
+
+
+# (layer index, path inside that layer), top layer first.
+LowerStack = tuple[tuple[int, bytes], ...]
+
+
+def child_stack(
+    listing: Callable[[int, bytes], Listing], parent: LowerStack, name: bytes
+) -> LowerStack:
+    """Where ``name`` lives below a directory whose lower stack is ``parent``.
+
+    The one rule of the union, shared by the filesystem and by commit: a directory stack
+    (top first, ending at an opaque layer), or the single topmost non-directory, or nothing.
+    """
+    stack: list[tuple[int, bytes]] = []
+    for index, path in parent:
+        here = listing(index, path)
+        kind = here.entries.get(name)
+        if kind is None:
+            if name in here.whiteouts:
+                break
+            continue
+        child = name if path == b"." else path + b"/" + name
+        if kind == stat.S_IFDIR:
+            stack.append((index, child))
+            if listing(index, child).opaque or name in here.whiteouts:
+                break
+        else:
+            if not stack:
+                stack.append((index, child))
+            break
+    return tuple(stack)

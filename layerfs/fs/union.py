@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import attrs, copyup, renames, whiteout
+from . import attrs, copyup, layers, renames, whiteout
 from .copyup import CopyJob
 from .inodes import (
     MAX_REAL_INO,
@@ -121,29 +121,8 @@ class UnionFS:
     # Resolution ------------------------------------------------------------------
 
     def child_stack(self, parent_lower: tuple[LowerRef, ...], name: bytes) -> tuple[LowerRef, ...]:
-        """Where ``name`` lives below a directory whose lower stack is ``parent_lower``.
-
-        A directory stack (top first, ending at an opaque layer), or the single
-        topmost non-directory, or nothing.
-        """
-        stack: list[LowerRef] = []
-        for index, path in parent_lower:
-            listing = self.listings.get(index, path)
-            kind = listing.entries.get(name)
-            if kind is None:
-                if name in listing.whiteouts:
-                    break
-                continue
-            child = _join(path, name)
-            if kind == stat.S_IFDIR:
-                stack.append((index, child))
-                if self.listings.get(index, child).opaque or name in listing.whiteouts:
-                    break
-            else:
-                if not stack:
-                    stack.append((index, child))
-                break
-        return tuple(stack)
+        """Where ``name`` lives below a directory with lower stack ``parent_lower``."""
+        return layers.child_stack(self.listings.get, parent_lower, name)
 
     def stack_at(self, path: bytes) -> tuple[LowerRef, ...]:
         """The lower directory stack of ``path`` (a redirect), walked from the root."""

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from layerfs.fs import whiteout as overlay
-from layerfs.fs.layers import Layer, Listing
+from layerfs.fs.layers import Layer, Listing, LowerStack, child_stack
 from layerfs.fs.meta import DB_NAME
 from layerfs.oci import (
     Descriptor,
@@ -118,7 +118,6 @@ _LAYOUT_REF = "commit"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
-LowerStack = tuple[tuple[int, bytes], ...]
 """Where a directory's lower contents are: (layer index, path in that layer), top first."""
 
 
@@ -338,25 +337,8 @@ class _Lowers:
         return tuple(stack)
 
     def child(self, parent: LowerStack, name: bytes) -> LowerStack:
-        """Where ``name`` lives below a directory whose stack is ``parent``."""
-        stack: list[tuple[int, bytes]] = []
-        for index, path in parent:
-            listing = self.listing(index, path)
-            kind = listing.entries.get(name)
-            if kind is None:
-                if name in listing.whiteouts:
-                    break
-                continue
-            child = _join(path, name)
-            if kind == stat.S_IFDIR:
-                stack.append((index, child))
-                if self.listing(index, child).opaque or name in listing.whiteouts:
-                    break
-            else:
-                if not stack:
-                    stack.append((index, child))
-                break
-        return tuple(stack)
+        """Where ``name`` lives below a directory whose stack is ``parent`` (the union's rule)."""
+        return child_stack(self.listing, parent, name)
 
     def at(self, path: bytes) -> LowerStack:
         """The directory stack of ``path`` (a redirect), from the root; () if not a directory."""
