@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_tree
-from tests.mounts import LayerfsMount, layerfs, mounted, snapshot, wait_for
+from layerfs.fs.ops import CACHE_READDIR
+from tests.mounts import (
+    LayerfsMount,
+    daemon_stats,
+    layerfs,
+    layerfs_options,
+    mounted,
+    snapshot,
+    start_layerfs_with,
+    wait_for,
+)
 
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 libc.renameat2.argtypes = [
@@ -384,6 +394,42 @@ def test_readdir_offsets_stable_under_changes(mnt: Path) -> None:
     real = [n for n in names if n not in (".", "..")]
     assert len(real) == len(set(real)), "duplicate entries"
     assert not any(n.startswith(".wh.") for n in real)
+
+
+def test_kernel_cached_listings_follow_changes(tmp_path: Path, stack: dict[str, Path]) -> None:
+    log = tmp_path / "daemon.log"
+    opts = layerfs_options([stack["l1"], stack["l2"]], stack["upper"], stack["work"])
+    m = start_layerfs_with(stack["mnt"], opts, log=log)
+    try:
+        d, other = stack["mnt"] / "d", stack["mnt"] / "tree"
+        want = {"keep", "y"}
+        assert set(os.listdir(d)) == want
+        before = daemon_stats(m, log)["readdirs"]
+        assert set(os.listdir(d)) == want
+        again = daemon_stats(m, log)["readdirs"]
+        if CACHE_READDIR:
+            assert again == before, "a second listing of an unchanged directory reached the daemon"
+        steps: list[tuple[Callable[[], object], set[str]]] = [
+            (lambda: (d / "new").write_text("n"), want | {"new"}),
+            (lambda: os.unlink(d / "keep"), {"y", "new"}),
+            (lambda: os.rename(d / "new", other / "moved"), {"y"}),
+            (lambda: os.rename(other / "s1", d / "s1"), {"y", "s1"}),
+            (lambda: os.mkdir(d / "sub"), {"y", "s1", "sub"}),
+            (lambda: os.rmdir(d / "sub"), {"y", "s1"}),
+            (lambda: os.symlink("y", d / "ln"), {"y", "s1", "ln"}),
+            (lambda: os.link(d / "y", d / "y2"), {"y", "s1", "ln", "y2"}),
+            (lambda: rename2(d / "y", other / "s2", RENAME_EXCHANGE), {"y", "s1", "ln", "y2"}),
+        ]
+        for change, expect in steps:
+            change()
+            assert set(os.listdir(d)) == expect
+            assert set(os.listdir(d)) == expect  # the second one from the kernel's cache
+        assert sorted(os.listdir(d / "y")) == ["f3"]  # the exchanged directory
+        assert {"moved", "s2"} <= set(os.listdir(other))
+    finally:
+        m.stop()
+    with layerfs(stack["mnt"], [stack["l1"], stack["l2"]], stack["upper"], stack["work"]):
+        assert set(os.listdir(stack["mnt"] / "d")) == {"y", "s1", "ln", "y2"}
 
 
 def test_xattrs(stack: dict[str, Path], mnt: Path) -> None:

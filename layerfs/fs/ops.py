@@ -71,6 +71,10 @@ class DirHandle:
     resolved: list[tuple[Entry, pyfuse3.EntryAttributes]] | None = None
 
 
+# opendir may hand the kernel FOPEN_CACHE_DIR only with the patched pyfuse3
+# (third_party/pyfuse3); the plain one takes a bare handle.
+CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
+
 # Entries whose readdir attributes are kept for lower-only directories.
 LISTING_CACHE_ENTRIES = 200_000
 
@@ -94,13 +98,19 @@ class Operations(pyfuse3.Operations):
             int, tuple[list[bytes], list[tuple[Entry, pyfuse3.EntryAttributes]]]
         ] = OrderedDict()
         self._listed = 0
+        self._readdirs = 0
 
     def init(self) -> None:
         self.initialized.set()
 
     def stats(self) -> dict[str, int]:
         """Counters for SIGUSR1 and tests: what the daemon holds right now."""
-        return {"inodes": len(self.table), "files": len(self._files), "dirs": len(self._dirs)}
+        return {
+            "inodes": len(self.table),
+            "files": len(self._files),
+            "dirs": len(self._dirs),
+            "readdirs": self._readdirs,
+        }
 
     # Helpers ---------------------------------------------------------------------
 
@@ -459,7 +469,7 @@ class Operations(pyfuse3.Operations):
     @handler
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.FileHandleT:
+    ) -> pyfuse3.FileHandleT | pyfuse3.FileInfo:
         node = self._node(inode)
         # One merge per open handle: offsets index this snapshot, so they stay stable
         # while entries come and go during the listing.
@@ -473,7 +483,11 @@ class Operations(pyfuse3.Operations):
         fh = next(self._fh)
         self._dirs[fh] = handle
         node.opens += 1
-        return pyfuse3.FileHandleT(fh)
+        if not CACHE_READDIR:
+            return pyfuse3.FileHandleT(fh)
+        # The kernel keeps the listing and answers later getdents itself; it drops it when
+        # the directory changes through this mount (or its mtime changes on a refresh).
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True, cache_readdir=True)
 
     def _lower_listing(
         self, node: Node
@@ -500,6 +514,7 @@ class Operations(pyfuse3.Operations):
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
+        self._readdirs += 1
         dh = self._dirs[fh]
         node = dh.node
         for index in range(start_id, len(dh.names)):
