@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tree
 from layerfs.fs.ops import CACHE_READDIR
+from tests.conftest import make_tree
 from tests.mounts import (
     LayerfsMount,
     daemon_stats,
