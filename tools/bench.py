@@ -2,8 +2,8 @@
 
 Builds its layers once (a 20,000-file tree in 200 dirs, a 512 MiB file, a 1,000-file dir to
 delete, a top layer overriding 2,000 files), then runs every workload on a fresh mount per
-contender, ``--runs`` times, and prints medians, the ratios layerfs/fuse-overlayfs and
-layerfs/kernel, and JSON. Needs root.
+contender, ``--runs`` rounds with the contenders interleaved, and prints medians, the ratios
+layerfs/fuse-overlayfs and layerfs/kernel, and JSON. Needs root.
 """
 
 from __future__ import annotations
@@ -311,13 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in workloads(layers).items():
             if args.only and not any(o in name for o in args.only):
                 continue
-            results[name] = {}
-            for kind in contenders:
-                times = []
-                for _ in range(args.runs):
+            times: dict[str, list[float]] = {kind: [] for kind in contenders}
+            # Runs interleave the contenders, each round starting with the next one, and
+            # each run starts after a sync: no contender pays for another's writeback.
+            for rnd in range(args.runs):
+                for kind in (
+                    contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
+                ):
                     with mounted(kind, layers, scratch) as m:
-                        times.append(fn(m))
-                results[name][kind] = statistics.median(times)
+                        os.sync()
+                        times[kind].append(fn(m))
+            results[name] = {kind: statistics.median(t) for kind, t in times.items()}
             print(_row(name, results[name]), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -134,7 +134,8 @@ def xattrs(fs: UnionFS, node: Node) -> dict[str, bytes]:
     return {k: v for k, v in raw.items() if not whiteout.is_internal_xattr(k)}
 
 
-def getxattr(fs: UnionFS, node: Node, name: str) -> bytes:
+def getxattr(fs: UnionFS, node: Node, name: str, fd: int | None = None) -> bytes:
+    """One xattr of ``node``; ``fd``, an open upper file of it, saves the path walk."""
     _xattr_enabled(
         fs,
     )
@@ -144,11 +145,17 @@ def getxattr(fs: UnionFS, node: Node, name: str) -> bytes:
         assert fs.upper is not None and fs.meta is not None
         if fs.upper.xattrs:
             try:
+                if fd is not None:
+                    return os.getxattr(fd, name)
                 return os.getxattr(fs.upper.proc(node.path()), name, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno != errno.ENODATA:
                     raise
-        value = fs.meta.get_xattrs(fs.stat(node).st_ino).get(name)
+        # The kernel asks for security.capability before writes and chowns: with no
+        # fallback xattrs anywhere, the miss needs no stat.
+        if not fs.meta.has_fallback_xattrs():
+            raise _err(errno.ENODATA)
+        value = fs.meta.get_xattrs(fs.stat(node, fd).st_ino).get(name)
     else:
         value = fs.lower_xattrs(node.lower[0]).get(name)
     if value is None:

@@ -89,6 +89,9 @@ class MetaStore:
         return value
 
     # Fallback xattrs (upper without xattr support).
+    def has_fallback_xattrs(self) -> bool:
+        return bool(self._xattr_inos)
+
     def get_xattrs(self, ino: int) -> dict[str, bytes]:
         if ino not in self._xattr_inos:
             return {}

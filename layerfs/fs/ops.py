@@ -580,8 +580,9 @@ class Operations(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
+        node = self._node(inode)
         try:
-            return self.fs.getxattr(self._node(inode), os.fsdecode(name))
+            return self.fs.getxattr(node, os.fsdecode(name), self._any_fd(node))
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None

@@ -260,6 +260,9 @@ class UnionFS:
         entry = self.resolve(parent, name)
         if entry is None:
             raise _err(errno.ENOENT, name)
+        return self._take(parent, name, entry)
+
+    def _take(self, parent: Node, name: bytes, entry: Entry) -> Node:
         node = self.node_of(parent, name, entry)
         if self.table.find(node.ino) is None:
             self.table.add(node)
@@ -524,14 +527,21 @@ class UnionFS:
         self.ensure_upper_dir(parent)
         ppath = parent.path()
         path = _join(ppath, name)
-        existing = upper.lstat(path)
-        if existing is not None and whiteout.is_whiteout_stat(existing):
+        # Nothing visible has the name, so the upper holds at most a whiteout there: try
+        # the plain create first (one syscall on the common path) and build the object
+        # aside only when a whiteout answers EEXIST.
+        try:
+            maker(upper.fd, path)
+        except FileExistsError:
+            existing = upper.lstat(path)
+            if existing is None or not whiteout.is_whiteout_stat(existing):
+                raise
             tmp = upper.tmpname()
             maker(upper.work_fd, tmp)
             upper.place(tmp, ppath, name)
         else:
-            maker(upper.fd, path)
-            upper.drop_wh_file(ppath, name)
+            if parent.lower:  # `.wh.` files are written only over lower names
+                upper.drop_wh_file(ppath, name)
         return path
 
     def _owner(self, parent: Node, uid: int, gid: int, mode: int) -> tuple[int, int, int]:
@@ -563,11 +573,13 @@ class UnionFS:
 
         try:
             self._make(parent, name, maker)
+            # The new file is upper-only and open: its entry needs no second resolve.
+            node = self._take(parent, name, Entry(stat.S_IFREG, os.fstat(fds[0]), (), None))
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return self.lookup(parent, name), fds[0]
+        return node, fds[0]
 
     def mkdir(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
         upper = self._need_writable()
@@ -723,8 +735,8 @@ class UnionFS:
     def xattrs(self, node: Node) -> dict[str, bytes]:
         return attrs.xattrs(self, node)
 
-    def getxattr(self, node: Node, name: str) -> bytes:
-        return attrs.getxattr(self, node, name)
+    def getxattr(self, node: Node, name: str, fd: int | None = None) -> bytes:
+        return attrs.getxattr(self, node, name, fd)
 
     def setxattr(self, node: Node, name: str, value: bytes) -> None:
         attrs.setxattr(self, node, name, value)
