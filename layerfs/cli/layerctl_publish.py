@@ -24,10 +24,7 @@ from typing import TypeVar
 
 from layerfs.cli.exitcodes import ExitCode
 from layerfs.oci import parse_source
-from layerfs.oci.registry import RegistryOptions, UploadAction, parse_credentials
-from layerfs.oci.writer import parse_destination
-from layerfs.store.commit import commit_container
-from layerfs.store.push import push_image
+from layerfs.oci.registry import RegistryOptions, parse_credentials
 from layerfs.store.store import Store
 
 P = TypeVar("P", bound=argparse.ArgumentParser)
@@ -99,6 +96,9 @@ def _bool(text: str) -> bool:
 
 def run_commit(args: argparse.Namespace) -> int:
     """``layerctl commit NAME NEWIMAGE``."""
+    # Loaded here, as in run_push: every other command starts without them.
+    from layerfs.store.commit import commit_container
+
     record = commit_container(Store.open(args.root), args.name, args.new_image)
     print(f"committed {args.name} as {record.name} {record.id} ({len(record.layers)} layers)")
     return ExitCode.OK
@@ -106,6 +106,10 @@ def run_commit(args: argparse.Namespace) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     """``layerctl push IMAGE DEST``."""
+    from layerfs.oci.registry.upload import UploadAction
+    from layerfs.oci.writer import parse_destination
+    from layerfs.store.push import push_image
+
     # A bad DEST is the error to report, even without a store.
     if args.dest.startswith("docker://"):
         parse_source(args.dest)

@@ -7,7 +7,6 @@ from layerfs.oci.oci_archive import open_oci_archive
 from layerfs.oci.oci_layout import open_oci_layout
 from layerfs.oci.reference import SourceRef, Transport, parse_source
 from layerfs.oci.registry.options import RegistryOptions, current_registry_options
-from layerfs.oci.registry_source import open_registry_source
 from layerfs.oci.source import ImageSource
 
 
@@ -27,6 +26,9 @@ def open_source(
     """
     ref = parse_source(name) if isinstance(name, str) else name
     if ref.transport is Transport.DOCKER:
+        # The HTTP client, TLS and auth load only for registry sources.
+        from layerfs.oci.registry_source import open_registry_source
+
         return open_registry_source(ref, registry or current_registry_options())
     if ref.transport is Transport.OCI:
         return open_oci_layout(ref)

@@ -23,6 +23,8 @@ foreign layers are fetched from the registry, never from their ``urls``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from layerfs.oci.registry.errors import (
     AuthenticationError,
     NotFoundError,
@@ -37,8 +39,29 @@ from layerfs.oci.registry.options import (
     parse_credentials,
     using_registry_options,
 )
-from layerfs.oci.registry.push import PushImage, RegistryPushResult, push_to_registry
-from layerfs.oci.registry.upload import UploadAction
+
+if TYPE_CHECKING:
+    from layerfs.oci.registry.push import PushImage, RegistryPushResult, push_to_registry
+    from layerfs.oci.registry.upload import UploadAction
+
+# Pushing pulls in the HTTP client, TLS and auth: loaded on first use, so commands that
+# never talk to a registry (layerctl create among them) start without it.
+_LAZY = {
+    "PushImage": "push",
+    "RegistryPushResult": "push",
+    "push_to_registry": "push",
+    "UploadAction": "upload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "AuthenticationError",
