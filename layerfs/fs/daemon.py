@@ -8,6 +8,7 @@ reported why it could not mount (one line, exit 1, nothing mounted).
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import resource
@@ -192,6 +193,12 @@ def _drain(fd: int) -> str:
 def serve(cfg: DaemonConfig, fs: UnionFS, ops: Operations) -> None:
     """Run the request loop until unmounted or signalled, then unmount and close."""
     terminated = False
+    # The inode table is a large, long-lived graph of small objects (parent links): with
+    # the default thresholds the cyclic collector rescans it over and over while a
+    # listing adds thousands of nodes. Everything built so far is frozen out of its
+    # scans, and young collections run ~70x less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     try:
         trio.run(_serve, ops, cfg.mountpoint)
         terminated = True

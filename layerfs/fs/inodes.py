@@ -42,7 +42,7 @@ class InodeTableError(RuntimeError):
     """A broken invariant of the inode table: a bug, never a user error."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     ino: int
     parent: Node | None
