@@ -96,10 +96,13 @@ def drop_caches() -> None:
 
 
 @contextlib.contextmanager
-def mounted(kind: str, layers: Layers, scratch: Path) -> Iterator[Path]:
-    """A fresh mount (or directory) of ``kind`` over the bench layers."""
-    run = scratch / kind
-    shutil.rmtree(run, ignore_errors=True)
+def mounted(kind: str, layers: Layers, run: Path) -> Iterator[Path]:
+    """A fresh mount (or directory) of ``kind`` over the bench layers, in ``run``.
+
+    ``run`` is left in place: deleting thousands of files makes the creates of whatever
+    runs next several times slower on this ext4 (journal and discard), so the caller
+    removes the runs of a workload together, after its last timing.
+    """
     upper, work, mnt = run / "upper", run / "work", run / "mnt"
     for p in (upper, work, mnt):
         p.mkdir(parents=True)
@@ -125,7 +128,6 @@ def mounted(kind: str, layers: Layers, scratch: Path) -> Iterator[Path]:
         elif kind != "native":
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
             _kill_daemons(mnt)
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def _kill_daemons(mnt: Path) -> None:
@@ -322,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in (
                     contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
                 ):
-                    with mounted(kind, layers, scratch) as m:
+                    with mounted(kind, layers, scratch / f"{kind}-{rnd}") as m:
                         os.sync()
                         times[kind].append(fn(m))
+            for run in scratch.iterdir():
+                shutil.rmtree(run, ignore_errors=True)
+            os.sync()
             results[name] = {kind: statistics.median(t) for kind, t in times.items()}
             print(_row(name, results[name]), flush=True)
     finally:
