@@ -34,6 +34,8 @@ _R = TypeVar("_R")
 
 # Copy-ups of files larger than this go to a worker thread.
 THREAD_COPY_BYTES = 1 << 20
+# Reads of at least this size (readahead of big files) go to a worker thread.
+THREAD_READ_BYTES = 512 << 10
 
 
 def handler(
@@ -459,7 +461,17 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        return os.pread(self._files[fh].fd, size, off)
+        fd = self._files[fh].fd
+        if size < THREAD_READ_BYTES:
+            return os.pread(fd, size, off)
+        # Readahead sends several big reads at once: answering them on workers keeps more
+        # than one disk read in flight. The worker gets its own fd: a copy-up may close
+        # and reuse the handle's meanwhile (see _reopen_readers).
+        fd = os.dup(fd)
+        try:
+            return await trio.to_thread.run_sync(os.pread, fd, size, off)
+        finally:
+            os.close(fd)
 
     @handler
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
