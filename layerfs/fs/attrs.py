@@ -15,6 +15,7 @@ from . import whiteout
 from .inodes import Node
 from .syscalls import merge_times as _times
 from .syscalls import oserror as _err
+from .syscalls import read_xattrs
 from .syscalls import writable_fd as _writable_fd
 
 if TYPE_CHECKING:
@@ -97,9 +98,7 @@ def _setattr_fd(
 
 def check_xattr_name(fs: UnionFS, name: str) -> None:
     """Refuse to set ``name`` before anything is copied up for it."""
-    _xattr_enabled(
-        fs,
-    )
+    _xattr_enabled(fs)
     if whiteout.is_internal_xattr(name):
         raise _err(errno.EPERM)
 
@@ -112,33 +111,21 @@ def _xattr_enabled(fs: UnionFS) -> None:
 def _upper_xattrs(fs: UnionFS, node: Node) -> dict[str, bytes]:
     assert fs.upper is not None and fs.meta is not None
     path = node.path()
-    out: dict[str, bytes] = {}
-    if fs.upper.xattrs:
-        target = fs.upper.proc(path)
-        for name in os.listxattr(target, follow_symlinks=False):
-            try:
-                out[name] = os.getxattr(target, name, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.ENODATA:
-                    raise
+    out = read_xattrs(fs.upper.proc(path)) if fs.upper.xattrs else {}
     out.update(fs.meta.get_xattrs(fs.stat(node).st_ino))
     return out
 
 
 def xattrs(fs: UnionFS, node: Node) -> dict[str, bytes]:
     """The user-visible extended attributes of ``node``."""
-    _xattr_enabled(
-        fs,
-    )
+    _xattr_enabled(fs)
     raw = _upper_xattrs(fs, node) if node.upper else fs.lower_xattrs(node.lower[0])
     return {k: v for k, v in raw.items() if not whiteout.is_internal_xattr(k)}
 
 
 def getxattr(fs: UnionFS, node: Node, name: str, fd: int | None = None) -> bytes:
     """One xattr of ``node``; ``fd``, an open upper file of it, saves the path walk."""
-    _xattr_enabled(
-        fs,
-    )
+    _xattr_enabled(fs)
     if whiteout.is_internal_xattr(name):
         raise _err(errno.ENODATA)
     if node.upper:
@@ -165,9 +152,7 @@ def getxattr(fs: UnionFS, node: Node, name: str, fd: int | None = None) -> bytes
 
 def setxattr(fs: UnionFS, node: Node, name: str, value: bytes) -> None:
     upper = fs._need_writable()
-    _xattr_enabled(
-        fs,
-    )
+    _xattr_enabled(fs)
     if whiteout.is_internal_xattr(name):
         raise _err(errno.EPERM)
     assert fs.meta is not None
@@ -179,9 +164,7 @@ def setxattr(fs: UnionFS, node: Node, name: str, value: bytes) -> None:
 
 def removexattr(fs: UnionFS, node: Node, name: str) -> None:
     upper = fs._need_writable()
-    _xattr_enabled(
-        fs,
-    )
+    _xattr_enabled(fs)
     if whiteout.is_internal_xattr(name):
         raise _err(errno.ENODATA)
     assert fs.meta is not None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from . import whiteout
 from .sidecar import XattrMap, load_sidecar
+from .syscalls import fd_path, read_xattrs
 
 # Directory-entry types as scandir reports them; DT_UNKNOWN falls back to lstat.
 DT_DIR = stat.S_IFDIR
@@ -110,18 +111,7 @@ class Layer:
 
     def xattrs(self, path: bytes) -> dict[str, bytes]:
         """Real and sidecar extended attributes of ``path`` (sidecar wins)."""
-        out: dict[str, bytes] = {}
-        full = _fdpath(self.fd, path)
-        try:
-            for name in os.listxattr(full, follow_symlinks=False):
-                try:
-                    out[name] = os.getxattr(full, name, follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno != errno.ENODATA:
-                        raise
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
+        out = read_xattrs(fd_path(self.fd, path))
         key = b"" if path == b"." else path.strip(b"/")
         out.update(self.sidecar.get(key, {}))
         return out
@@ -164,13 +154,6 @@ def _dtype(ent: os.DirEntry[str]) -> int:
     except OSError:
         pass
     return 0
-
-
-def _fdpath(fd: int, path: bytes) -> bytes:
-    # xattr calls take no dir_fd; /proc/self/fd/N/<path> is resolved by the
-    # kernel from the layer root without crossing symlinks in the layer
-    # (path components are proven directories, the last is not followed).
-    return b"/proc/self/fd/%d/%s" % (fd, path)
 
 
 class ListingCache:

@@ -21,6 +21,39 @@ _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_cha
 _renameat2.restype = ctypes.c_int
 
 
+def fd_path(fd: int, path: bytes) -> bytes:
+    """``path`` below the directory ``fd`` for calls that take no dir_fd (xattrs).
+
+    The kernel resolves /proc/self/fd/N/<path> from that directory without crossing
+    symlinks in it (the components are proven directories; the caller decides whether
+    the last one is followed).
+    """
+    return b"/proc/self/fd/%d/%s" % (fd, path)
+
+
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def read_xattrs(target: int | bytes) -> dict[str, bytes]:
+    """Every extended attribute of an open file or of a path (never followed); {} where
+    the filesystem has none, and one removed meanwhile is skipped."""
+    follow = isinstance(target, int)  # an fd is the object itself
+    out: dict[str, bytes] = {}
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS:
+            return out
+        raise
+    for name in names:
+        try:
+            out[name] = os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA and exc.errno not in _NO_XATTRS:
+                raise
+    return out
+
+
 def renameat2(src_dir: int, src: bytes, dst_dir: int, dst: bytes, flags: int) -> None:
     """renameat2(2); raises OSError like the os module does."""
     if _renameat2(src_dir, src, dst_dir, dst, flags) != 0:

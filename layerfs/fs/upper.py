@@ -17,7 +17,7 @@ import shutil
 import stat
 
 from . import whiteout
-from .syscalls import RENAME_EXCHANGE, renameat2
+from .syscalls import RENAME_EXCHANGE, fd_path, renameat2
 
 TMP_DIR = "tmp"
 INDEX_DIR = "index"
@@ -125,7 +125,7 @@ class Upper:
 
     def proc(self, path: bytes) -> bytes:
         """A path for calls that take no dir_fd (xattrs), anchored at the upper root."""
-        return b"/proc/self/fd/%d/%s" % (self.fd, path)
+        return fd_path(self.fd, path)
 
     # Changes -----------------------------------------------------------------
 

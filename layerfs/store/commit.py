@@ -63,6 +63,7 @@ from typing import Any, BinaryIO
 from layerfs.fs import whiteout as overlay
 from layerfs.fs.layers import Layer, Listing, LowerStack, child_stack
 from layerfs.fs.meta import DB_NAME
+from layerfs.fs.syscalls import fd_path, read_xattrs
 from layerfs.oci import (
     Descriptor,
     Digest,
@@ -503,7 +504,7 @@ class LayerTarWriter:
                 whiteouts.add(name)
             else:
                 objects[name] = child
-        xattrs = _xattrs_of(fd) | dict(self._meta.xattrs.get(st.st_ino, {}))
+        xattrs = read_xattrs(fd) | dict(self._meta.xattrs.get(st.st_ino, {}))
         opaque = opaque or any(
             overlay.is_opaque_value(xattrs.get(n)) for n in overlay.OPAQUE_XATTRS
         )
@@ -525,7 +526,7 @@ class LayerTarWriter:
         target = ""
         if stat.S_ISLNK(st.st_mode):
             target = os.fsdecode(os.readlink(name, dir_fd=parent_fd))
-        xattrs = self._xattrs(_proc_path(parent_fd, name), st)
+        xattrs = self._xattrs(fd_path(parent_fd, name), st)
         self._tar.addfile(layer_member(path, st, linkname=target, xattrs=xattrs))
 
     def _regular(
@@ -547,7 +548,7 @@ class LayerTarWriter:
         self._tar.addfile(layer_member(path, st, xattrs=xattrs), data)
 
     def _xattrs(self, target: int | bytes, st: os.stat_result) -> dict[str, bytes]:
-        return _without_internal(_xattrs_of(target) | dict(self._meta.xattrs.get(st.st_ino, {})))
+        return _without_internal(read_xattrs(target) | dict(self._meta.xattrs.get(st.st_ino, {})))
 
     # Lower trees (below a redirect) ------------------------------------------------------------
 
@@ -571,31 +572,6 @@ class LayerTarWriter:
         else:
             target = os.readlink(path, dir_fd=layer.fd) if stat.S_ISLNK(st.st_mode) else b""
             self._tar.addfile(layer_member(name, st, linkname=os.fsdecode(target), xattrs=xattrs))
-
-
-def _proc_path(dir_fd: int, name: bytes) -> bytes:
-    # xattr calls take no dir_fd: the kernel resolves this from the open directory, and the
-    # last component is not followed.
-    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
-
-
-def _xattrs_of(target: int | bytes) -> dict[str, bytes]:
-    """Every xattr of an open file or of a path (not followed); {} where there are none."""
-    follow = isinstance(target, int)
-    out: dict[str, bytes] = {}
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return out
-        raise
-    for name in names:
-        try:
-            out[name] = os.getxattr(target, name, follow_symlinks=follow)
-        except OSError as exc:
-            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-    return out
 
 
 def write_layer(

@@ -34,13 +34,8 @@ class FileLock:
             raise RuntimeError(f"{self.path}: lock already held by this object")
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return False
-                raise
+            if not _flock(fd, blocking):
+                return False
             if _same_file(fd, self.path):
                 self._fd = fd
                 return True
@@ -88,11 +83,17 @@ def lock_dir(path: str, *, blocking: bool = True) -> int | None:
     None when not ``blocking`` and another holder has it. Closing the descriptor unlocks.
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fd if _flock(fd, blocking) else None
+
+
+def _flock(fd: int, blocking: bool) -> bool:
+    """An exclusive flock on ``fd``; False (and ``fd`` closed) when not ``blocking`` and
+    another holder has it. ``fd`` is closed on any failure."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
+            return False
         raise
-    return fd
+    return True
