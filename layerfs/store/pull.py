@@ -160,15 +160,18 @@ def _import_layers(
         _workers(options, len(image.layers)), thread_name_prefix="layer"
     ) as pool:
         try:
-            futures = [pool.submit(import_layer, ctx, layer) for layer in image.layers]
+            for layer in image.layers:
+                futures.append(pool.submit(import_layer, ctx, layer))
             done, _ = concurrent.futures.wait(
                 futures, return_when=concurrent.futures.FIRST_EXCEPTION
             )
             if any(f.exception() is not None for f in done):
                 cancel.set()
         except BaseException:
-            cancel.set()  # Ctrl-C: the pool's exit waits for the workers to notice
-            concurrent.futures.wait(futures)
+            cancel.set()
+            # Ctrl-C may land between two submits: wait for every worker the pool started,
+            # not only those in `futures`, before the rollback removes their files.
+            pool.shutdown(wait=True, cancel_futures=True)
             _rollback(store, session, _published(futures))
             raise
     failures = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]
