@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .metacopy import MARKER
 from .syscalls import try_reflink
 
 _CHUNK = 1 << 20
@@ -34,6 +35,10 @@ class CopyJob:
     with_data: bool = True
     fsync: bool = True
     xattrs_supported: bool = True
+    # A metadata-only copy: no data, the full size (sparse), this marker (see `metacopy`).
+    marker: bytes | None = None
+    # The upper inode of the metadata-only copy this full copy replaces.
+    replaces: int | None = None
 
 
 def stage(job: CopyJob) -> dict[str, bytes]:
@@ -57,22 +62,30 @@ def stage(job: CopyJob) -> dict[str, bytes]:
 
 
 def _stage_file(job: CopyJob) -> dict[str, bytes]:
-    src = os.open(job.src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=job.src_fd)
+    copying = job.with_data and job.st.st_size > 0
+    src = (
+        os.open(job.src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=job.src_fd)
+        if copying
+        else -1
+    )
     try:
         dst = os.open(
             job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=job.work_fd
         )
         try:
+            if job.marker is not None:
+                # Before the owner and mode change: they may forbid it afterwards.
+                os.setxattr(dst, MARKER, job.marker)
             size = job.st.st_size
-            if job.with_data and size:
+            if copying:
                 if size < REFLINK_BYTES and job.st.st_blocks * 512 >= size:
                     _copy_range(src, dst, 0, size)  # small, no holes: one call
                 elif not try_reflink(src, dst):
                     copy_sparse(src, dst, size)
-            os.ftruncate(dst, job.st.st_size if job.with_data else 0)
+            os.ftruncate(dst, size if job.with_data or job.marker is not None else 0)
             left = apply_metadata_fd(dst, job.st, job.xattrs, job.xattrs_supported)
-            if job.fsync:
-                os.fsync(dst)
+            if job.fsync and copying:
+                os.fsync(dst)  # without data there is nothing the rename must wait for
             return left
         finally:
             os.close(dst)
@@ -80,7 +93,8 @@ def _stage_file(job: CopyJob) -> dict[str, bytes]:
         discard(job.work_fd, job.tmp)
         raise
     finally:
-        os.close(src)
+        if src >= 0:
+            os.close(src)
 
 
 def copy_sparse(src: int, dst: int, size: int) -> None:

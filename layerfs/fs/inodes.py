@@ -56,6 +56,8 @@ class Node:
     # Lower stat of a lower-only object: lower layers never change.
     lower_stat: object | None = None
     nlink_cache: int | None = None
+    # A metadata-only copy (see `metacopy`): where its data still lives.
+    data: LowerRef | None = None
     handles: set[int] = field(default_factory=set)
     # Other names a hard-linked node is known by, besides parent/name.
     links: list[tuple[Node, bytes]] = field(default_factory=list)

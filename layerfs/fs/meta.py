@@ -62,6 +62,21 @@ class MetaStore:
         self._db.execute("INSERT OR REPLACE INTO redirect VALUES (?, ?)", (ino, path))
         self.redirects[ino] = path
 
+    def replace(self, old: int, new: int, origin: int) -> None:
+        """Upper object ``new`` replaces ``old``: it takes its xattrs and ``origin``."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM xattr WHERE ino = ?", (new,))
+            self._db.execute("UPDATE xattr SET ino = ? WHERE ino = ?", (new, old))
+            self._db.execute("DELETE FROM origin WHERE ino = ?", (old,))
+            self._db.execute("INSERT OR REPLACE INTO origin VALUES (?, ?)", (new, origin))
+        self.origins.pop(old, None)
+        self.origins[new] = origin
+        self.claimed.add(origin)
+        if old in self._xattr_inos:
+            self._xattr_inos.discard(old)
+            self._xattr_inos.add(new)
+
     def forget_ino(self, ino: int) -> None:
         """The upper object ``ino`` is gone: drop everything recorded for it."""
         if ino in self.origins or ino in self.redirects or self._has_xattrs(ino):

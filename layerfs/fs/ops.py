@@ -130,7 +130,10 @@ class Operations(pyfuse3.Operations):
     def _attrs(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         if st is None:
             st = self.fs.stat(node, self._any_fd(node))
-        return self._fill(node.ino, st, self.fs.nlink(node, st), self.fs.timeout(node))
+        a = self._fill(node.ino, st, self.fs.nlink(node, st), self.fs.timeout(node))
+        if node.data is not None:
+            a.st_blocks = self.fs.data_stat(node).st_blocks  # `du` counts the data it reads
+        return a
 
     def _fill(
         self, ino: int, st: os.stat_result, nlink: int, timeout: float
@@ -176,9 +179,14 @@ class Operations(pyfuse3.Operations):
         opts = self.fs.opts
         return opts.uidmap.to_outside(ctx.uid), opts.gidmap.to_outside(ctx.gid)
 
-    async def _copy_up(self, node: Node, *, with_data: bool = True) -> None:
-        """Give ``node`` an upper copy; concurrent callers for one node wait for one copy."""
-        if node.upper:
+    async def _copy_up(
+        self, node: Node, *, with_data: bool = True, meta_only: bool = False
+    ) -> None:
+        """Give ``node`` an upper copy; concurrent callers for one node wait for one copy.
+
+        ``meta_only``: the caller changes attributes only, a copy without data will do.
+        """
+        if node.upper and (node.data is None or meta_only):
             return
         if node.is_dir:
             self.fs.ensure_upper_dir(node)
@@ -186,17 +194,18 @@ class Operations(pyfuse3.Operations):
         lock = self._copy_locks.setdefault(node.ino, trio.Lock())
         try:
             async with lock:
-                if node.upper:
+                if node.upper and (node.data is None or meta_only):
                     return
-                job = self.fs.copyup_job(node, with_data=with_data)
+                job = self.fs.copyup_job(node, with_data=with_data, meta_only=meta_only)
                 if job is None:
                     self._reopen_readers(node)
                     return
-                if with_data and job.st.st_size > THREAD_COPY_BYTES:
+                if with_data and job.marker is None and job.st.st_size > THREAD_COPY_BYTES:
                     left = await trio.to_thread.run_sync(copyup.stage, job)
+                    self.fs.copyup_finish(node, job, left)
                 else:
                     left = copyup.stage(job)
-                self.fs.copyup_finish(node, job, left)
+                    self.fs.copyup_finish(node, job, left, unchanged=True)
                 self._reopen_readers(node)
         finally:
             if lock.statistics().tasks_waiting == 0 and not lock.locked():
@@ -204,6 +213,8 @@ class Operations(pyfuse3.Operations):
 
     def _reopen_readers(self, node: Node) -> None:
         # Handles opened before the copy-up read the lower file: point them at the copy.
+        if node.data is not None:
+            return  # a copy without data: they read the right file already
         for fh in node.handles:
             h = self._files[fh]
             if not h.on_upper:
@@ -286,7 +297,8 @@ class Operations(pyfuse3.Operations):
             # still reachable through any of its own.
             fd = self._any_fd(node)
             handle = FileHandle(fd, node, True) if fd is not None else None
-        truncating = fields.update_size and attr.st_size == 0
+        resizing = bool(fields.update_size)
+        truncating = resizing and attr.st_size == 0
         other = (
             fields.update_mode
             or fields.update_uid
@@ -307,7 +319,7 @@ class Operations(pyfuse3.Operations):
                 return self._attrs(node, st)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
-        await self._copy_up(node, with_data=not truncating)
+        await self._copy_up(node, with_data=not truncating, meta_only=not resizing)
         opts = self.fs.opts
         times = None
         if fields.update_atime or fields.update_mtime:
@@ -418,14 +430,14 @@ class Operations(pyfuse3.Operations):
         for parent, name in names:
             entry = self.fs.resolve(parent, name)
             if entry is not None and entry.kind != stat.S_IFDIR:
-                await self._copy_up(self.fs.node_of(parent, name, entry))
+                await self._copy_up(self.fs.node_of(parent, name, entry), meta_only=True)
         self.fs.rename(old_parent, name_old, new_parent, name_new, flags)
 
     # Files -----------------------------------------------------------------------------
 
     def _new_handle(self, node: Node, fd: int) -> pyfuse3.FileHandleT:
         fh = next(self._fh)
-        self._files[fh] = FileHandle(fd, node, node.upper)
+        self._files[fh] = FileHandle(fd, node, node.upper and node.data is None)
         node.handles.add(fh)
         node.opens += 1
         return pyfuse3.FileHandleT(fh)
@@ -637,7 +649,9 @@ class Operations(pyfuse3.Operations):
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.fs.check_xattr_name(os.fsdecode(name))
-        await self._copy_up(node)
+        # A metadata-only copy's xattrs must not outgrow one block (see `metacopy`): a
+        # lower file may become one here, an existing one gets its data first.
+        await self._copy_up(node, meta_only=not node.upper)
         self.fs.setxattr(node, os.fsdecode(name), value)
 
     @handler
@@ -648,7 +662,7 @@ class Operations(pyfuse3.Operations):
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.fs.getxattr(node, os.fsdecode(name))  # ENODATA before any copy-up
-        await self._copy_up(node)
+        await self._copy_up(node, meta_only=not node.upper)
         self.fs.removexattr(node, os.fsdecode(name))
 
     @handler

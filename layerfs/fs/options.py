@@ -73,6 +73,9 @@ class MountOptions:
     fsname: str = "layerfs"
     # How the upper records whiteouts: "auto" (char 0/0 where mknod works), "char", "oci".
     whiteout: str = "auto"
+    # Attribute changes of lower files may copy them up without their data (see
+    # `layerfs.fs.metacopy`); off by default with whiteout=oci, whose upper must stand alone.
+    metacopy: bool = True
     # Options handed to the kernel/libfuse as they are.
     fuse_options: frozenset[str] = frozenset()
 
@@ -158,6 +161,10 @@ def parse_options(opts: Sequence[str]) -> tuple[MountOptions, list[str]]:
             if val not in ("auto", "char", "oci"):
                 raise OptionError(f"whiteout={val}: expected auto, char or oci")
             values["whiteout"] = val
+        elif key == "metacopy":
+            if val not in ("on", "off"):
+                raise OptionError(f"metacopy={val}: expected on or off")
+            values["metacopy"] = val == "on"
         elif key == "fsname":
             if not val:
                 raise OptionError("fsname= is empty")
@@ -172,6 +179,7 @@ def parse_options(opts: Sequence[str]) -> tuple[MountOptions, list[str]]:
         raise OptionError("missing lowerdir=: give -o lowerdir=TOP:...:BOTTOM")
     if ("upperdir" in values) != ("workdir" in values):
         raise OptionError("upperdir= and workdir= must be given together")
+    values.setdefault("metacopy", values.get("whiteout") != "oci")
     # Permissions are always checked by the kernel: the daemon runs as root.
     fuse.add("default_permissions")
     opts_obj = MountOptions(lowerdirs=lower, fuse_options=frozenset(fuse))

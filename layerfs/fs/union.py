@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import attrs, copyup, layers, renames, whiteout
+from . import attrs, copyup, layers, metacopy, renames, whiteout
 from .copyup import CopyJob
 from .inodes import (
     MAX_REAL_INO,
@@ -41,6 +41,7 @@ from .options import MountOptions
 from .syscalls import join as _join
 from .syscalls import keep_times as _keep_times
 from .syscalls import oserror as _err
+from .syscalls import read_xattrs
 from .upper import INDEX_DIR, Upper
 
 # Lower layers are immutable: the kernel may keep what it learnt of them for long.
@@ -59,6 +60,7 @@ class Entry:
     upper_st: os.stat_result | None
     lower: tuple[LowerRef, ...]
     lower_st: os.stat_result | None
+    data: LowerRef | None = None  # a metadata-only copy's data (see `metacopy`)
 
 
 class UnionFS:
@@ -158,11 +160,14 @@ class UnionFS:
             if upper_st is None and parent.lower and self.upper.has_wh_file(parent.path(), name):
                 return None
         if upper_st is not None:
+            assert self.upper is not None and self.meta is not None
             kind = stat.S_IFMT(upper_st.st_mode)
             if kind != stat.S_IFDIR:
-                return Entry(kind, upper_st, (), None)
+                data = None
+                if self.upper.xattrs and metacopy.may_be_marked(upper_st):
+                    data = metacopy.read_marker(self.upper.proc(path))
+                return Entry(kind, upper_st, (), None, data)
             lower: tuple[LowerRef, ...] = ()
-            assert self.upper is not None and self.meta is not None
             redirect = self.meta.redirects.get(upper_st.st_ino)
             if redirect is not None or parent.lower:
                 if self.upper.is_opaque(path):
@@ -226,6 +231,9 @@ class UnionFS:
         origin = self.meta.origins.get(entry.upper_st.st_ino)
         if origin is not None:
             return origin
+        if entry.data is not None:  # a metadata-only copy keeps its data's number
+            index, path = entry.data
+            return self._encode(lower_tag(index), self._data_layer(index).lstat(path).st_ino)
         return self._encode(UPPER_TAG, entry.upper_st.st_ino)
 
     def _encode(self, tag: int, real: int) -> int:
@@ -253,6 +261,7 @@ class UnionFS:
             node.upper = entry.upper_st is not None
             node.lower = entry.lower
         node.lower_stat = entry.lower_st
+        node.data = entry.data
         return node
 
     def lookup(self, parent: Node, name: bytes) -> Node:
@@ -373,15 +382,28 @@ class UnionFS:
     # Opening -----------------------------------------------------------------------
 
     def open_fd(self, node: Node, flags: int) -> int:
+        """The backing file of an open: the upper object, else (reading) the lower data."""
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
         flags |= os.O_NOFOLLOW | os.O_CLOEXEC
-        if node.upper:
+        if node.upper and node.data is None:
             assert self.upper is not None
             return os.open(node.path(), flags, dir_fd=self.upper.fd)
-        index, path = node.lower[0]
+        index, path = node.data if node.data is not None else node.lower[0]
         return os.open(
-            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.layers[index].fd
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._data_layer(index).fd
         )
+
+    def _data_layer(self, index: int) -> Layer:
+        if index >= len(self.layers):
+            # A metadata-only copy made over another stack of layers.
+            raise _err(errno.EIO, b"data of a metadata-only copy: no layer %d" % index)
+        return self.layers[index]
+
+    def data_stat(self, node: Node) -> os.stat_result:
+        """The lower file a metadata-only copy reads its data from."""
+        assert node.data is not None
+        index, path = node.data
+        return self._data_layer(index).lstat(path)
 
     # Copy-up ------------------------------------------------------------------------
 
@@ -407,28 +429,53 @@ class UnionFS:
             raise _err(errno.ENOENT, node.path())  # removed while open
         assert node.parent is not None and self.meta is not None
         self.ensure_upper_dir(node.parent)
-        job = self._job(node, with_data=True, fsync=False)
+        job = self._job(node, self.lower_xattrs(node.lower[0]), with_data=True, fsync=False)
         left = copyup.stage(job)
         if left:
             self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
         self._place_copy(job.tmp, node.parent.path(), node.name)
         node.upper = True
 
-    def copyup_job(self, node: Node, *, with_data: bool = True) -> CopyJob | None:
-        """Prepare copying a lower non-directory up (parents are copied up here).
+    def copyup_job(
+        self, node: Node, *, with_data: bool = True, meta_only: bool = False
+    ) -> CopyJob | None:
+        """Prepare copying a lower non-directory up (parents are copied up here), or a
+        metadata-only copy's data (``with_data``) or emptiness (not) into a full copy.
 
-        None when there is nothing to copy: the node's hard-link group already has its copy.
+        ``meta_only``: the caller changes only attributes, so a file may be copied without
+        its data (see `metacopy`). None when there is nothing to copy: the node's hard-link
+        group already has its copy.
         """
-        self._need_writable()
+        upper = self._need_writable()
         assert node.parent is not None
+        if node.upper:
+            return self._data_job(node, with_data)
         entry = self.resolve(node.parent, node.name)
         if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
             node.upper, node.lower, node.lower_stat = True, (), None
+            node.data = entry.data
             return None
+        if entry is None or entry.upper_st is not None or entry.lower[:1] != node.lower[:1]:
+            raise _err(errno.ENOENT, node.path())  # removed or replaced while it was open
         self.ensure_upper_dir(node.parent)
-        return self._job(node, with_data=with_data, fsync=self.opts.fsync)
+        st = node.lower_stat
+        assert isinstance(st, os.stat_result)
+        xattrs = self.lower_xattrs(node.lower[0])
+        if meta_only and upper.xattrs and self.opts.metacopy:
+            marker = metacopy.encode(node.lower[0])
+            if metacopy.eligible(st, xattrs, marker):
+                return self._job(node, xattrs, with_data=False, fsync=False, marker=marker)
+        return self._job(node, xattrs, with_data=with_data, fsync=self.opts.fsync)
 
-    def _job(self, node: Node, *, with_data: bool, fsync: bool) -> CopyJob:
+    def _job(
+        self,
+        node: Node,
+        xattrs: dict[str, bytes],
+        *,
+        with_data: bool,
+        fsync: bool,
+        marker: bytes | None = None,
+    ) -> CopyJob:
         upper = self._need_writable()
         st = node.lower_stat
         assert isinstance(st, os.stat_result)
@@ -436,33 +483,78 @@ class UnionFS:
             self.layers[node.lower[0][0]].fd,
             node.lower[0][1],
             st,
-            self.lower_xattrs(node.lower[0]),
+            xattrs,
             upper.work_fd,
             upper.tmpname(),
             with_data=with_data,
             fsync=fsync,
             xattrs_supported=upper.xattrs and self.opts.xattrs,
+            marker=marker,
         )
 
-    def copyup_finish(self, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
-        """Put a staged copy in place, unless the tree changed under it meanwhile."""
+    def _data_job(self, node: Node, with_data: bool) -> CopyJob:
+        """A full copy to replace the metadata-only copy of ``node``: its attributes, the
+        lower data (or none)."""
+        upper = self._need_writable()
+        assert node.data is not None and node.parent is not None
+        entry = self.resolve(node.parent, node.name)
+        if entry is None or entry.data != node.data or self.ino_of(entry) != node.ino:
+            raise _err(errno.ENOENT, node.path())  # removed or replaced while it was open
+        assert entry.upper_st is not None
+        st = entry.upper_st
+        path = node.path()
+        xattrs = read_xattrs(upper.proc(path))
+        xattrs.pop(metacopy.MARKER, None)
+        index, data_path = node.data
+        return CopyJob(
+            self._data_layer(index).fd,
+            data_path,
+            st,
+            xattrs,
+            upper.work_fd,
+            upper.tmpname(),
+            with_data=with_data,
+            fsync=self.opts.fsync,
+            replaces=st.st_ino,
+        )
+
+    def copyup_finish(
+        self, node: Node, job: CopyJob, left: dict[str, bytes], *, unchanged: bool = False
+    ) -> None:
+        """Put a staged copy in place, unless the tree changed under it meanwhile.
+
+        ``unchanged``: nothing ran since `copyup_job` (the copy was staged inline), so what
+        it resolved still holds.
+        """
         upper = self._need_writable()
         assert node.parent is not None and self.meta is not None
+        if job.replaces is not None:
+            self._replace_metacopy(node, job, left)
+            return
         src = node.lower[0] if node.lower else None
-        entry = None if node.upper else self.resolve(node.parent, node.name)
-        if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
-            node.upper = True  # its hard-link group's copy was linked here meanwhile
-        if entry is None or entry.upper_st is not None or not entry.lower or entry.lower[0] != src:
-            copyup.discard(upper.work_fd, job.tmp)
-            if node.upper:
-                return
-            raise _err(errno.ENOENT, node.path())
-        self.ensure_upper_dir(node.parent)
-        tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
-        # Recorded before the rename: a crash in between leaves only a stale work file.
-        self.meta.set_origin(tmp_ino, node.ino)
-        if left:
-            self.meta.set_xattrs(tmp_ino, left)
+        if not unchanged:
+            entry = None if node.upper else self.resolve(node.parent, node.name)
+            if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
+                node.upper = True  # its hard-link group's copy was linked here meanwhile
+            if (
+                entry is None
+                or entry.upper_st is not None
+                or not entry.lower
+                or entry.lower[0] != src
+            ):
+                copyup.discard(upper.work_fd, job.tmp)
+                if node.upper:
+                    return
+                raise _err(errno.ENOENT, node.path())
+            self.ensure_upper_dir(node.parent)
+        # A metadata-only copy's marker names its origin; any other copy records it,
+        # before the rename: a crash in between leaves only a stale work file.
+        if job.marker is None or left:
+            tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
+            if job.marker is None:
+                self.meta.set_origin(tmp_ino, node.ino)
+            if left:
+                self.meta.set_xattrs(tmp_ino, left)
         lower_st = node.lower_stat
         group = (
             isinstance(lower_st, os.stat_result)
@@ -476,11 +568,39 @@ class UnionFS:
             os.link(
                 job.tmp, _index_name(node.ino), src_dir_fd=upper.work_fd, dst_dir_fd=upper.index_fd
             )
-        self._place_copy(job.tmp, node.parent.path(), node.name)
+        # The name resolved to the lower object: the upper has neither the object nor a
+        # whiteout of either form there, so a plain rename places the copy.
+        ppath = node.parent.path()
+        before = upper.lstat(ppath)
+        os.rename(job.tmp, _join(ppath, node.name), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
+        if before is not None:
+            _keep_times(upper.fd, ppath, before)
         node.upper, node.lower, node.lower_stat = True, (), None
+        node.data = src if job.marker is not None else None
         if group:
             assert src is not None and isinstance(lower_st, os.stat_result)
             self._link_group(src, lower_st)
+
+    def _replace_metacopy(self, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
+        """Rename a full copy over the metadata-only copy it was made from."""
+        upper = self._need_writable()
+        assert node.parent is not None and self.meta is not None and job.replaces is not None
+        entry = self.resolve(node.parent, node.name)
+        if entry is None or entry.upper_st is None or entry.upper_st.st_ino != job.replaces:
+            copyup.discard(upper.work_fd, job.tmp)
+            raise _err(errno.ENOENT, node.path())  # removed or replaced meanwhile
+        tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
+        # Recorded before the rename: a crash in between leaves the metadata-only copy in
+        # place, and records on a work file that the next mount drops.
+        self.meta.replace(job.replaces, tmp_ino, node.ino)
+        if left:
+            self.meta.set_xattrs(tmp_ino, left | self.meta.get_xattrs(tmp_ino))
+        ppath = node.parent.path()
+        before = upper.lstat(ppath)
+        os.rename(job.tmp, node.path(), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
+        if before is not None:
+            _keep_times(upper.fd, ppath, before)
+        node.data = None
 
     def _place_copy(self, tmp: bytes, parent_path: bytes, name: bytes) -> None:
         """Place a copy-up: invisible in the merged view, so the parent keeps its times."""

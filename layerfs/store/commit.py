@@ -28,6 +28,8 @@ The layer is a PAX tar of the upper, gzip'd, its digest and diff_id computed whi
 - Hard links are tar links to the first name written; owners, modes, mtimes (with their
   nanoseconds) and xattrs are kept, except the union filesystem's own (``trusted.overlay.*``,
   ``user.overlay.*``, ``user.layerfs.*``). Sockets have no tar form and are skipped (warned).
+- A metadata-only copy (a lower file whose attributes changed, `layerfs.fs.metacopy`) is
+  written with its upper attributes and the data of the lower file its marker names.
 - Order is deterministic: a directory, its opaque marker, its whiteouts, then its entries by
   name, depth first; whiteout files have fixed attributes. The same upper gives the same layer.
 
@@ -60,6 +62,7 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from layerfs.fs import metacopy
 from layerfs.fs import whiteout as overlay
 from layerfs.fs.layers import Layer, Listing, LowerStack, child_stack
 from layerfs.fs.meta import DB_NAME
@@ -312,6 +315,10 @@ class _Lowers:
         self._layers: list[Layer] = []
         self._listings: dict[tuple[int, bytes], Listing] = {}
 
+    @property
+    def count(self) -> int:
+        return len(self._dirs)
+
     def layer(self, index: int) -> Layer:
         if not self._layers:
             for i, path in enumerate(self._dirs):
@@ -521,7 +528,14 @@ class LayerTarWriter:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):  # replaced meanwhile: write it next time
                     return
-                self._regular(path, st, (-1, st.st_ino), self._xattrs(fd, st), f)
+                raw = read_xattrs(fd)
+                data = self._metacopy_data(raw, st, path)
+                xattrs = _without_internal(raw | dict(self._meta.xattrs.get(st.st_ino, {})))
+                if data is None:
+                    self._regular(path, st, (-1, st.st_ino), xattrs, f)
+                    return
+                with data:
+                    self._regular(path, st, (-1, st.st_ino), xattrs, data)
             return
         target = ""
         if stat.S_ISLNK(st.st_mode):
@@ -546,6 +560,30 @@ class LayerTarWriter:
                 return
             self._links[key] = path
         self._tar.addfile(layer_member(path, st, xattrs=xattrs), data)
+
+    def _metacopy_data(
+        self, raw: Mapping[str, bytes], st: os.stat_result, path: str
+    ) -> BinaryIO | None:
+        """The lower file a metadata-only copy (`layerfs.fs.metacopy`) holds the data of."""
+        value = raw.get(metacopy.MARKER)
+        if value is None or not metacopy.may_be_marked(st):
+            return None
+        ref = metacopy.decode(value)
+        if ref is None or ref[0] >= self._lowers.count:
+            raise CommitError(f"/{path}: the mount's record of where its data lies is broken")
+        index, lower_path = ref
+        try:
+            fd = os.open(
+                lower_path,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=self._lowers.layer(index).fd,
+            )
+        except OSError as exc:
+            raise CommitError(
+                f"/{path}: its data, {os.fsdecode(lower_path)} in layer {index + 1} from the "
+                f"top, cannot be read: {exc.strerror}"
+            ) from None
+        return open(fd, "rb", buffering=_CHUNK)
 
     def _xattrs(self, target: int | bytes, st: os.stat_result) -> dict[str, bytes]:
         return _without_internal(read_xattrs(target) | dict(self._meta.xattrs.get(st.st_ino, {})))
