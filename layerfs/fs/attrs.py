@@ -32,17 +32,19 @@ def setattr(
     size: int | None = None,
     times: tuple[int | None, int | None] | None = None,
     fd: int | None = None,
+    linked: bool = False,
 ) -> None:
     """Change attributes of an object already in the upper.
 
     An open object is changed through ``fd`` (one of its own handles): cheaper than a
-    path, and right even when its name is gone or names something else now.
+    path, and right even when its name is gone or names something else now. ``linked``:
+    the caller knows its path leads to it (it was copied up there just now).
     """
     upper = fs._need_writable()
     if fd is not None and (size is None or _writable_fd(fd)):
         _setattr_fd(fd, mode, uid, gid, size, times, node.kind)
         return
-    if not fs.is_linked(node):
+    if not linked and not fs.is_linked(node):
         if fd is None:
             raise _err(errno.ENOENT, node.path())
         _setattr_fd(fd, mode, uid, gid, size, times, node.kind)

@@ -181,35 +181,42 @@ class Operations(pyfuse3.Operations):
 
     async def _copy_up(
         self, node: Node, *, with_data: bool = True, meta_only: bool = False
-    ) -> None:
+    ) -> bool:
         """Give ``node`` an upper copy; concurrent callers for one node wait for one copy.
 
         ``meta_only``: the caller changes attributes only, a copy without data will do.
+        True when this call made the copy (its name leads to it now).
         """
-        if node.upper and (node.data is None or meta_only):
-            return
-        if node.is_dir:
-            self.fs.ensure_upper_dir(node)
-            return
-        lock = self._copy_locks.setdefault(node.ino, trio.Lock())
+        while True:
+            if node.upper and (node.data is None or meta_only):
+                return False
+            if node.is_dir:
+                self.fs.ensure_upper_dir(node)
+                return True
+            busy = self._copy_locks.get(node.ino)
+            if busy is None:
+                break
+            async with busy:  # a copy of this node runs on a worker: wait, then look again
+                pass
+        job = self.fs.copyup_job(node, with_data=with_data, meta_only=meta_only)
+        if job is None:
+            self._reopen_readers(node)
+            return False
+        if not (with_data and job.marker is None and job.st.st_size > THREAD_COPY_BYTES):
+            # Inline, nothing else runs until it is done: no lock, no second look.
+            left = copyup.stage(job)
+            self.fs.copyup_finish(node, job, left, unchanged=True)
+            self._reopen_readers(node)
+            return True
+        lock = self._copy_locks[node.ino] = trio.Lock()
         try:
             async with lock:
-                if node.upper and (node.data is None or meta_only):
-                    return
-                job = self.fs.copyup_job(node, with_data=with_data, meta_only=meta_only)
-                if job is None:
-                    self._reopen_readers(node)
-                    return
-                if with_data and job.marker is None and job.st.st_size > THREAD_COPY_BYTES:
-                    left = await trio.to_thread.run_sync(copyup.stage, job)
-                    self.fs.copyup_finish(node, job, left)
-                else:
-                    left = copyup.stage(job)
-                    self.fs.copyup_finish(node, job, left, unchanged=True)
+                left = await trio.to_thread.run_sync(copyup.stage, job)
+                self.fs.copyup_finish(node, job, left)
                 self._reopen_readers(node)
         finally:
-            if lock.statistics().tasks_waiting == 0 and not lock.locked():
-                self._copy_locks.pop(node.ino, None)
+            del self._copy_locks[node.ino]
+        return True
 
     def _reopen_readers(self, node: Node) -> None:
         # Handles opened before the copy-up read the lower file: point them at the copy.
@@ -319,7 +326,7 @@ class Operations(pyfuse3.Operations):
                 return self._attrs(node, st)
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
-        await self._copy_up(node, with_data=not truncating, meta_only=not resizing)
+        copied = await self._copy_up(node, with_data=not truncating, meta_only=not resizing)
         opts = self.fs.opts
         times = None
         if fields.update_atime or fields.update_mtime:
@@ -335,6 +342,7 @@ class Operations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             times=times,
             fd=handle.fd if handle is not None and handle.on_upper else None,
+            linked=copied,
         )
         return self._attrs(node)
 

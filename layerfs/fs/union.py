@@ -845,9 +845,12 @@ class UnionFS:
         size: int | None = None,
         times: tuple[int | None, int | None] | None = None,
         fd: int | None = None,
+        linked: bool = False,
     ) -> None:
         """Change attributes of an object already in the upper (see `attrs.setattr`)."""
-        attrs.setattr(self, node, mode=mode, uid=uid, gid=gid, size=size, times=times, fd=fd)
+        attrs.setattr(
+            self, node, mode=mode, uid=uid, gid=gid, size=size, times=times, fd=fd, linked=linked
+        )
 
     def check_xattr_name(self, name: str) -> None:
         attrs.check_xattr_name(self, name)

@@ -59,6 +59,7 @@ class Upper:
         os.makedirs(index, 0o700, exist_ok=True)
         self.index_fd = os.open(index, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._names = itertools.count()
+        self._pid = os.getpid()  # names need only be unique in the locked work dir
         # "oci" keeps the upper directly usable as an OCI layer diff.
         self.char_whiteouts = whiteout_form != "oci" and self._probe_mknod()
         if whiteout_form == "char" and not self.char_whiteouts:
@@ -73,7 +74,7 @@ class Upper:
         os.close(self._lock_fd)
 
     def tmpname(self) -> bytes:
-        return b"%d.%d" % (os.getpid(), next(self._names))
+        return b"%d.%d" % (self._pid, next(self._names))
 
     def _probe_mknod(self) -> bool:
         name = self.tmpname()
