@@ -101,7 +101,7 @@ def mounted(kind: str, layers: Layers, run: Path) -> Iterator[Path]:
 
     ``run`` is left in place: deleting thousands of files makes the creates of whatever
     runs next several times slower on this ext4 (journal and discard), so the caller
-    removes the runs of a workload together, after its last timing.
+    removes all runs at the end.
     """
     upper, work, mnt = run / "upper", run / "work", run / "mnt"
     for p in (upper, work, mnt):
@@ -258,12 +258,14 @@ def image_side(root: Path, runs: int) -> dict[str, dict[str, float]]:
             umoci_cmd = ["umoci", "unpack", "--image", image, str(bundle)]
             create_cmd = [*ctl, "--root", str(store), "create", _name(image), f"c{i}"]
             quiet = {"check": True, "stdout": subprocess.DEVNULL}
+            os.sync()
             drop_caches()
             pull.append(timed(partial(subprocess.run, pull_cmd, **quiet)))
             # create right after the pull, as a user would run it: its image in the store,
             # nothing else of this round's I/O pending.
             os.sync()
             create.append(timed(partial(subprocess.run, create_cmd, **quiet)))
+            os.sync()
             drop_caches()
             umoci.append(timed(partial(subprocess.run, umoci_cmd, **quiet)))
             subprocess.run(
@@ -271,8 +273,6 @@ def image_side(root: Path, runs: int) -> dict[str, dict[str, float]]:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            shutil.rmtree(store, ignore_errors=True)
-            shutil.rmtree(bundle, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     size = sum(f.stat().st_size for f in Path(image.rsplit(":", 1)[0]).rglob("*") if f.is_file())
@@ -326,12 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in (
                     contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
                 ):
-                    with mounted(kind, layers, scratch / f"{kind}-{rnd}") as m:
+                    run = scratch / name.replace(" ", "_") / f"{kind}-{rnd}"
+                    with mounted(kind, layers, run) as m:
                         os.sync()
                         times[kind].append(fn(m))
-            for run in scratch.iterdir():
-                shutil.rmtree(run, ignore_errors=True)
-            os.sync()
             results[name] = {kind: statistics.median(t) for kind, t in times.items()}
             print(_row(name, results[name]), flush=True)
     finally:

@@ -779,7 +779,7 @@ class UnionFS:
                 os.unlink(_join(ppath, name), dir_fd=upper.fd)
             self._gone(entry.upper_st)
         else:
-            upper.whiteout(ppath, name)
+            upper.whiteout(ppath, name, vacant=True)
         self._name_gone(entry, parent, name)
 
     def _name_gone(self, entry: Entry, parent: Node, name: bytes) -> None:
@@ -824,7 +824,7 @@ class UnionFS:
             node.upper, node.lower, node.lower_stat = False, (), gone
         else:
             self.ensure_upper_dir(parent)
-            upper.whiteout(ppath, name)
+            upper.whiteout(ppath, name, vacant=True)
         parent.nlink_cache = None
 
     # Renames and attributes live in their own modules; these are their entry points.

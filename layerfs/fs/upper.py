@@ -183,10 +183,20 @@ class Upper:
         os.mknod(tmp, stat.S_IFCHR | 0o000, 0, dir_fd=self.work_fd)
         return tmp
 
-    def whiteout(self, parent: bytes, name: bytes) -> None:
-        """Hide ``name`` in ``parent``, atomically replacing a non-directory there."""
+    def whiteout(self, parent: bytes, name: bytes, *, vacant: bool = False) -> None:
+        """Hide ``name`` in ``parent``, atomically replacing a non-directory there.
+
+        ``vacant``: the upper has nothing at the name, so the whiteout is made in place
+        (one directory change instead of two).
+        """
         dst = _join(parent, name)
         if self.char_whiteouts:
+            if vacant:
+                try:
+                    os.mknod(dst, stat.S_IFCHR | 0o000, 0, dir_fd=self.fd)
+                    return
+                except FileExistsError:
+                    pass
             os.rename(self.new_whiteout(), dst, src_dir_fd=self.work_fd, dst_dir_fd=self.fd)
             return
         _touch(self.fd, _join(parent, whiteout.WH_PREFIX + name))
