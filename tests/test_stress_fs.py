@@ -999,7 +999,10 @@ def test_parallel_copy_ups_of_one_file(tmp_path: Path) -> None:
             # One copy each; the hard-linked pair is still one file.
             assert sorted(os.listdir(d.upper)) == sorted([*sizes, "h2"])
             for name in [*sizes, "h2"]:
-                assert file_hash(d.upper / name) == want[name]
+                # Attribute changes alone leave a metadata-only copy, whose data is below.
+                if read_marker(bytes(d.upper / name)) is None:
+                    assert file_hash(d.upper / name) == want[name]
+                assert file_hash(root / name) == want[name]
                 assert os.lstat(root / name).st_ino == inos[name], f"{name}: st_ino changed"
             assert os.lstat(d.upper / "h1").st_ino == os.lstat(d.upper / "h2").st_ino
             with open(root / "h1", "r+b") as f:
