@@ -129,6 +129,11 @@ def test_renamed_and_xattr_changed_copies(stack: Stack, mnt: Path) -> None:
     assert stack.marker("moved") == (0, b"d/h")
     assert (mnt / "moved").read_bytes() == DATA and os.lstat(mnt / "moved").st_ino == ino
     assert not (mnt / "d/h").exists()
+    os.removexattr(mnt / "f", "user.keep")  # removing only shrinks: no data copied
+    assert stack.marker("f") == (0, b"f") and os.listxattr(mnt / "f") == []
+    os.setxattr(mnt / "f", "user.large", b"y" * 3000)  # growing them needs a full copy
+    assert stack.marker("f") is None and (stack.upper / "f").read_bytes() == DATA
+    assert os.getxattr(mnt / "f", "user.large") == b"y" * 3000
     os.setxattr(mnt / "moved", "user.new", b"n")  # a marked file's xattrs stay small
     assert stack.marker("moved") is None
     assert (stack.upper / "moved").read_bytes() == DATA

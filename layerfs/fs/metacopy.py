@@ -1,6 +1,6 @@
 """Metadata-only copy-up: an upper file that holds a lower file's attributes, not its data.
 
-chmod, chown, utimes, xattr changes and renames of a lower file need its attributes in the
+chmod, chown, utimes, xattr removals and renames of a lower file need its attributes in the
 upper, not its bytes. Such a copy-up (as kernel overlayfs's ``metacopy=on``) stages a sparse
 file of the lower file's size with its owner, mode, times and xattrs plus a marker xattr
 naming the layer and path the data lives at, and renames it into place: no data copied, no
@@ -8,8 +8,8 @@ fsync (there is no data whose durability the rename would have to wait for; the 
 set before the rename, so a journal that keeps their order never shows the file without it).
 
 Reads of such a file go to the lower data. Anything that needs the data itself (an open for
-writing, a size change, a hard link) or could grow its xattrs (setxattr, removexattr) first
-replaces the file with a full copy, built aside and renamed over it. So a marked file never
+writing, a size change, a hard link) or could grow its xattrs (setxattr) first replaces the
+file with a full copy, built aside and renamed over it. So a marked file never
 holds data of its own, and its blocks are its xattrs' only: with at most `MAX_XATTR_BYTES`
 of them, at most one filesystem block (ext4 and xfs keep that much in the inode plus one
 block; btrfs and tmpfs count none). Only upper files that look like that are checked for the

@@ -658,8 +658,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         self.fs.check_xattr_name(os.fsdecode(name))
         # A metadata-only copy's xattrs must not outgrow one block (see `metacopy`): a
-        # lower file may become one here, an existing one gets its data first.
-        await self._copy_up(node, meta_only=not node.upper)
+        # new xattr needs a full copy.
+        await self._copy_up(node)
         self.fs.setxattr(node, os.fsdecode(name), value)
 
     @handler
@@ -670,7 +670,7 @@ class Operations(pyfuse3.Operations):
         if not self.fs.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.fs.getxattr(node, os.fsdecode(name))  # ENODATA before any copy-up
-        await self._copy_up(node, meta_only=not node.upper)
+        await self._copy_up(node, meta_only=True)  # removing only shrinks the xattrs
         self.fs.removexattr(node, os.fsdecode(name))
 
     @handler
