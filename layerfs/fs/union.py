@@ -2,8 +2,9 @@
 
 Every method is synchronous and raises ``OSError`` with the errno a user
 should see; ``ops`` translates. Copy-up of file data is split in three
-(``copyup_job`` / ``copyup.stage`` / ``copyup_finish``) so that the data copy
-can run on a worker thread while this object is only touched from one thread.
+(``copyup_job`` / ``copyup.stage`` / ``copyup_finish``, the first and last in
+``copyups``) so that the data copy can run on a worker thread while this object
+is only touched from one thread.
 
 Caveats:
 - The upper layer must be changed only through the mount while it is mounted
@@ -21,7 +22,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import attrs, copyup, layers, metacopy, renames, whiteout
+from . import attrs, copyups, layers, metacopy, renames, whiteout
 from .copyup import CopyJob
 from .inodes import (
     MAX_REAL_INO,
@@ -41,15 +42,10 @@ from .options import MountOptions
 from .syscalls import join as _join
 from .syscalls import keep_times as _keep_times
 from .syscalls import oserror as _err
-from .syscalls import read_xattrs
-from .upper import INDEX_DIR, Upper
+from .upper import INDEX_DIR, Upper, index_name
 
 # Lower layers are immutable: the kernel may keep what it learnt of them for long.
 LOWER_TIMEOUT = 86400.0
-
-
-def _index_name(ino: int) -> bytes:
-    return b"%x" % ino
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ class UnionFS:
             return None
         upper = self.upper
         try:
-            os.lstat(_index_name(ino), dir_fd=upper.index_fd)
+            os.lstat(index_name(ino), dir_fd=upper.index_fd)
         except FileNotFoundError:
             return None
         self.ensure_upper_dir(parent)
@@ -212,7 +208,7 @@ class UnionFS:
         before = upper.lstat(ppath)
         path = _join(ppath, name)
         os.link(
-            _index_name(ino),
+            index_name(ino),
             path,
             src_dir_fd=upper.index_fd,
             dst_dir_fd=upper.fd,
@@ -329,7 +325,7 @@ class UnionFS:
         if origin is None:
             return False
         try:
-            return os.lstat(_index_name(origin), dir_fd=self.upper.index_fd).st_ino == st.st_ino
+            return os.lstat(index_name(origin), dir_fd=self.upper.index_fd).st_ino == st.st_ino
         except FileNotFoundError:
             return False
 
@@ -422,203 +418,19 @@ class UnionFS:
 
     def ensure_upper_dir(self, node: Node) -> None:
         """Copy up a directory (metadata only) and its parents."""
-        if node.upper:
-            return
-        upper = self._need_writable()
-        if not node.lower:
-            raise _err(errno.ENOENT, node.path())  # removed while open
-        assert node.parent is not None and self.meta is not None
-        self.ensure_upper_dir(node.parent)
-        job = self._job(node, self.lower_xattrs(node.lower[0]), with_data=True, fsync=False)
-        left = copyup.stage(job)
-        if left:
-            self.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
-        self._place_copy(job.tmp, node.parent.path(), node.name)
-        node.upper = True
+        copyups.ensure_upper_dir(self, node)
 
     def copyup_job(
         self, node: Node, *, with_data: bool = True, meta_only: bool = False
     ) -> CopyJob | None:
-        """Prepare copying a lower non-directory up (parents are copied up here), or a
-        metadata-only copy's data (``with_data``) or emptiness (not) into a full copy.
-
-        ``meta_only``: the caller changes only attributes, so a file may be copied without
-        its data (see `metacopy`). None when there is nothing to copy: the node's hard-link
-        group already has its copy.
-        """
-        upper = self._need_writable()
-        assert node.parent is not None
-        if node.upper:
-            return self._data_job(node, with_data)
-        entry = self.resolve(node.parent, node.name)
-        if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
-            node.upper, node.lower, node.lower_stat = True, (), None
-            node.data = entry.data
-            return None
-        if entry is None or entry.upper_st is not None or entry.lower[:1] != node.lower[:1]:
-            raise _err(errno.ENOENT, node.path())  # removed or replaced while it was open
-        self.ensure_upper_dir(node.parent)
-        st = node.lower_stat
-        assert isinstance(st, os.stat_result)
-        xattrs = self.lower_xattrs(node.lower[0])
-        if meta_only and upper.xattrs and self.opts.metacopy:
-            marker = metacopy.encode(node.lower[0])
-            if metacopy.eligible(st, xattrs, marker):
-                return self._job(node, xattrs, with_data=False, fsync=False, marker=marker)
-        return self._job(node, xattrs, with_data=with_data, fsync=self.opts.fsync)
-
-    def _job(
-        self,
-        node: Node,
-        xattrs: dict[str, bytes],
-        *,
-        with_data: bool,
-        fsync: bool,
-        marker: bytes | None = None,
-    ) -> CopyJob:
-        upper = self._need_writable()
-        st = node.lower_stat
-        assert isinstance(st, os.stat_result)
-        return CopyJob(
-            self.layers[node.lower[0][0]].fd,
-            node.lower[0][1],
-            st,
-            xattrs,
-            upper.work_fd,
-            upper.tmpname(),
-            with_data=with_data,
-            fsync=fsync,
-            xattrs_supported=upper.xattrs and self.opts.xattrs,
-            marker=marker,
-        )
-
-    def _data_job(self, node: Node, with_data: bool) -> CopyJob:
-        """A full copy to replace the metadata-only copy of ``node``: its attributes, the
-        lower data (or none)."""
-        upper = self._need_writable()
-        assert node.data is not None and node.parent is not None
-        entry = self.resolve(node.parent, node.name)
-        if entry is None or entry.data != node.data or self.ino_of(entry) != node.ino:
-            raise _err(errno.ENOENT, node.path())  # removed or replaced while it was open
-        assert entry.upper_st is not None
-        st = entry.upper_st
-        path = node.path()
-        xattrs = read_xattrs(upper.proc(path))
-        xattrs.pop(metacopy.MARKER, None)
-        index, data_path = node.data
-        return CopyJob(
-            self._data_layer(index).fd,
-            data_path,
-            st,
-            xattrs,
-            upper.work_fd,
-            upper.tmpname(),
-            with_data=with_data,
-            fsync=self.opts.fsync,
-            replaces=st.st_ino,
-        )
+        """Prepare the copy-up of a non-directory (see `copyups.copyup_job`)."""
+        return copyups.copyup_job(self, node, with_data=with_data, meta_only=meta_only)
 
     def copyup_finish(
         self, node: Node, job: CopyJob, left: dict[str, bytes], *, unchanged: bool = False
     ) -> None:
-        """Put a staged copy in place, unless the tree changed under it meanwhile.
-
-        ``unchanged``: nothing ran since `copyup_job` (the copy was staged inline), so what
-        it resolved still holds.
-        """
-        upper = self._need_writable()
-        assert node.parent is not None and self.meta is not None
-        if job.replaces is not None:
-            self._replace_metacopy(node, job, left)
-            return
-        src = node.lower[0] if node.lower else None
-        if not unchanged:
-            entry = None if node.upper else self.resolve(node.parent, node.name)
-            if entry is not None and entry.upper_st is not None and self.ino_of(entry) == node.ino:
-                node.upper = True  # its hard-link group's copy was linked here meanwhile
-            if (
-                entry is None
-                or entry.upper_st is not None
-                or not entry.lower
-                or entry.lower[0] != src
-            ):
-                copyup.discard(upper.work_fd, job.tmp)
-                if node.upper:
-                    return
-                raise _err(errno.ENOENT, node.path())
-            self.ensure_upper_dir(node.parent)
-        # A metadata-only copy's marker names its origin; any other copy records it,
-        # before the rename: a crash in between leaves only a stale work file.
-        if job.marker is None or left:
-            tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
-            if job.marker is None:
-                self.meta.set_origin(tmp_ino, node.ino)
-            if left:
-                self.meta.set_xattrs(tmp_ino, left)
-        lower_st = node.lower_stat
-        group = (
-            isinstance(lower_st, os.stat_result)
-            and stat.S_ISREG(lower_st.st_mode)
-            and lower_st.st_nlink > 1
-            and src is not None
-        )
-        if group:
-            # The group's copy enters the index first: from then on every name of the group
-            # resolves to it, whatever a crash interrupts below.
-            os.link(
-                job.tmp, _index_name(node.ino), src_dir_fd=upper.work_fd, dst_dir_fd=upper.index_fd
-            )
-        # The name resolved to the lower object: the upper has neither the object nor a
-        # whiteout of either form there, so a plain rename places the copy.
-        ppath = node.parent.path()
-        before = upper.lstat(ppath)
-        os.rename(job.tmp, _join(ppath, node.name), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
-        if before is not None:
-            _keep_times(upper.fd, ppath, before)
-        node.upper, node.lower, node.lower_stat = True, (), None
-        node.data = src if job.marker is not None else None
-        if group:
-            assert src is not None and isinstance(lower_st, os.stat_result)
-            self._link_group(src, lower_st)
-
-    def _replace_metacopy(self, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
-        """Rename a full copy over the metadata-only copy it was made from."""
-        upper = self._need_writable()
-        assert node.parent is not None and self.meta is not None and job.replaces is not None
-        entry = self.resolve(node.parent, node.name)
-        if entry is None or entry.upper_st is None or entry.upper_st.st_ino != job.replaces:
-            copyup.discard(upper.work_fd, job.tmp)
-            raise _err(errno.ENOENT, node.path())  # removed or replaced meanwhile
-        tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
-        # Recorded before the rename: a crash in between leaves the metadata-only copy in
-        # place, and records on a work file that the next mount drops.
-        self.meta.replace(job.replaces, tmp_ino, node.ino)
-        if left:
-            self.meta.set_xattrs(tmp_ino, left | self.meta.get_xattrs(tmp_ino))
-        ppath = node.parent.path()
-        before = upper.lstat(ppath)
-        os.rename(job.tmp, node.path(), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
-        if before is not None:
-            _keep_times(upper.fd, ppath, before)
-        node.data = None
-
-    def _place_copy(self, tmp: bytes, parent_path: bytes, name: bytes) -> None:
-        """Place a copy-up: invisible in the merged view, so the parent keeps its times."""
-        upper = self._need_writable()
-        before = upper.lstat(parent_path)
-        upper.place(tmp, parent_path, name)
-        if before is not None:
-            _keep_times(upper.fd, parent_path, before)
-
-    def _link_group(self, src: LowerRef, lower_st: os.stat_result) -> None:
-        """Link every other visible name of a lower hard-link group to the group's copy.
-
-        Resolving a name does it (see `_link_from_index`); names not at their lower path
-        (below a renamed directory) are linked when they are first resolved.
-        """
-        index, path = src
-        for other in self.layers[index].hardlink_names(path, lower_st.st_ino):
-            self._walk(other)
+        """Put a staged copy in place (see `copyups.copyup_finish`)."""
+        copyups.copyup_finish(self, node, job, left, unchanged=unchanged)
 
     def _walk(self, path: bytes) -> tuple[Node, bytes, Entry] | None:
         """Resolve a merged path from the root: (parent node, name, entry)."""
@@ -797,11 +609,11 @@ class UnionFS:
             if origin is None:
                 return
             try:
-                if os.lstat(_index_name(origin), dir_fd=self.upper.index_fd).st_ino != st.st_ino:
+                if os.lstat(index_name(origin), dir_fd=self.upper.index_fd).st_ino != st.st_ino:
                     return
             except FileNotFoundError:
                 return
-            os.unlink(_index_name(origin), dir_fd=self.upper.index_fd)
+            os.unlink(index_name(origin), dir_fd=self.upper.index_fd)
         elif st.st_nlink > 2:
             return
         self.meta.forget_ino(st.st_ino)

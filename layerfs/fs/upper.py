@@ -271,6 +271,11 @@ class Upper:
                 raise
 
 
+def index_name(ino: int) -> bytes:
+    """The name of a hard-link group's copy in the index directory (its stable inode)."""
+    return b"%x" % ino
+
+
 def _touch(dir_fd: int, path: bytes) -> None:
     """An empty marker file (an OCI whiteout or the opaque marker)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=dir_fd))
