@@ -58,7 +58,9 @@ def _blocks(path: Path) -> int:
 
 def test_chmod_copies_attributes_not_data(stack: Stack, mnt: Path) -> None:
     ino = os.lstat(mnt / "f").st_ino
+    assert not (stack.work / "metacopy").exists()  # lookups ask no upper file yet
     os.chmod(mnt / "f", 0o600)
+    assert (stack.work / "metacopy").exists()
     os.chown(mnt / "f", 123, 456)
     os.utime(mnt / "f", ns=(5_000_000_000, 6_000_000_000))
     up = os.lstat(stack.upper / "f")
@@ -177,6 +179,7 @@ def test_metacopy_off_copies_data(stack: Stack, extra: str) -> None:
     finally:
         m.stop()
     assert stack.marker("f") is None and (stack.upper / "f").read_bytes() == DATA
+    assert not (stack.work / "metacopy").exists()
 
 
 def test_bad_metacopy_value_is_refused(stack: Stack) -> None:

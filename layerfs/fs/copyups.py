@@ -35,7 +35,7 @@ def ensure_upper_dir(fs: UnionFS, node: Node) -> None:
         raise _err(errno.ENOENT, node.path())  # removed while open
     assert node.parent is not None and fs.meta is not None
     ensure_upper_dir(fs, node.parent)
-    job = _job(fs, node, fs.lower_xattrs(node.lower[0]), with_data=True, fsync=False)
+    job = _lower_job(fs, node, fs.lower_xattrs(node.lower[0]), with_data=True, fsync=False)
     left = copyup.stage(job)
     if left:
         fs.meta.set_xattrs(os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino, left)
@@ -71,25 +71,27 @@ def copyup_job(
     if meta_only and upper.xattrs and fs.opts.metacopy:
         marker = metacopy.encode(node.lower[0])
         if metacopy.eligible(st, xattrs, marker):
-            return _job(fs, node, xattrs, with_data=False, fsync=False, marker=marker)
-    return _job(fs, node, xattrs, with_data=with_data, fsync=fs.opts.fsync)
+            upper.note_metacopy()
+            return _lower_job(fs, node, xattrs, with_data=False, fsync=False, marker=marker)
+    return _lower_job(fs, node, xattrs, with_data=with_data, fsync=fs.opts.fsync)
 
 
 def _job(
     fs: UnionFS,
-    node: Node,
+    src: LowerRef,
+    st: os.stat_result,
     xattrs: dict[str, bytes],
     *,
     with_data: bool,
     fsync: bool,
     marker: bytes | None = None,
+    replaces: int | None = None,
 ) -> CopyJob:
     upper = fs._need_writable()
-    st = node.lower_stat
-    assert isinstance(st, os.stat_result)
+    index, path = src
     return CopyJob(
-        fs.layers[node.lower[0][0]].fd,
-        node.lower[0][1],
+        fs._data_layer(index).fd,
+        path,
         st,
         xattrs,
         upper.work_fd,
@@ -98,7 +100,22 @@ def _job(
         fsync=fsync,
         xattrs_supported=upper.xattrs and fs.opts.xattrs,
         marker=marker,
+        replaces=replaces,
     )
+
+
+def _lower_job(
+    fs: UnionFS,
+    node: Node,
+    xattrs: dict[str, bytes],
+    *,
+    with_data: bool,
+    fsync: bool,
+    marker: bytes | None = None,
+) -> CopyJob:
+    st = node.lower_stat
+    assert isinstance(st, os.stat_result)
+    return _job(fs, node.lower[0], st, xattrs, with_data=with_data, fsync=fsync, marker=marker)
 
 
 def _data_job(fs: UnionFS, node: Node, with_data: bool) -> CopyJob:
@@ -110,21 +127,16 @@ def _data_job(fs: UnionFS, node: Node, with_data: bool) -> CopyJob:
     if entry is None or entry.data != node.data or fs.ino_of(entry) != node.ino:
         raise _err(errno.ENOENT, node.path())  # removed or replaced while it was open
     assert entry.upper_st is not None
-    st = entry.upper_st
-    path = node.path()
-    xattrs = read_xattrs(upper.proc(path))
+    xattrs = read_xattrs(upper.proc(node.path()))
     xattrs.pop(metacopy.MARKER, None)
-    index, data_path = node.data
-    return CopyJob(
-        fs._data_layer(index).fd,
-        data_path,
-        st,
+    return _job(
+        fs,
+        node.data,
+        entry.upper_st,
         xattrs,
-        upper.work_fd,
-        upper.tmpname(),
         with_data=with_data,
         fsync=fs.opts.fsync,
-        replaces=st.st_ino,
+        replaces=entry.upper_st.st_ino,
     )
 
 
@@ -139,7 +151,7 @@ def copyup_finish(
     upper = fs._need_writable()
     assert node.parent is not None and fs.meta is not None
     if job.replaces is not None:
-        _replace_metacopy(fs, node, job, left)
+        _replace_metacopy(fs, node, job, left, unchanged=unchanged)
         return
     src = node.lower[0] if node.lower else None
     if not unchanged:
@@ -173,11 +185,7 @@ def copyup_finish(
         os.link(job.tmp, index_name(node.ino), src_dir_fd=upper.work_fd, dst_dir_fd=upper.index_fd)
     # The name resolved to the lower object: the upper has neither the object nor a
     # whiteout of either form there, so a plain rename places the copy.
-    ppath = node.parent.path()
-    before = upper.lstat(ppath)
-    os.rename(job.tmp, _join(ppath, node.name), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
-    if before is not None:
-        _keep_times(upper.fd, ppath, before)
+    _place_copy(fs, job.tmp, node.parent.path(), node.name, vacant=True)
     node.upper, node.lower, node.lower_stat = True, (), None
     node.data = src if job.marker is not None else None
     if group:
@@ -185,33 +193,42 @@ def copyup_finish(
         _link_group(fs, src, lower_st)
 
 
-def _replace_metacopy(fs: UnionFS, node: Node, job: CopyJob, left: dict[str, bytes]) -> None:
+def _replace_metacopy(
+    fs: UnionFS, node: Node, job: CopyJob, left: dict[str, bytes], *, unchanged: bool
+) -> None:
     """Rename a full copy over the metadata-only copy it was made from."""
     upper = fs._need_writable()
     assert node.parent is not None and fs.meta is not None and job.replaces is not None
-    entry = fs.resolve(node.parent, node.name)
-    if entry is None or entry.upper_st is None or entry.upper_st.st_ino != job.replaces:
-        copyup.discard(upper.work_fd, job.tmp)
-        raise _err(errno.ENOENT, node.path())  # removed or replaced meanwhile
+    if not unchanged:
+        entry = fs.resolve(node.parent, node.name)
+        if entry is None or entry.upper_st is None or entry.upper_st.st_ino != job.replaces:
+            copyup.discard(upper.work_fd, job.tmp)
+            raise _err(errno.ENOENT, node.path())  # removed or replaced meanwhile
     tmp_ino = os.lstat(job.tmp, dir_fd=upper.work_fd).st_ino
     # Recorded before the rename: a crash in between leaves the metadata-only copy in
     # place, and records on a work file that the next mount drops.
     fs.meta.replace(job.replaces, tmp_ino, node.ino)
     if left:
         fs.meta.set_xattrs(tmp_ino, left | fs.meta.get_xattrs(tmp_ino))
-    ppath = node.parent.path()
-    before = upper.lstat(ppath)
-    os.rename(job.tmp, node.path(), src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
-    if before is not None:
-        _keep_times(upper.fd, ppath, before)
+    _place_copy(fs, job.tmp, node.parent.path(), node.name, vacant=True)
     node.data = None
 
 
-def _place_copy(fs: UnionFS, tmp: bytes, parent_path: bytes, name: bytes) -> None:
-    """Place a copy-up: invisible in the merged view, so the parent keeps its times."""
+def _place_copy(
+    fs: UnionFS, tmp: bytes, parent_path: bytes, name: bytes, *, vacant: bool = False
+) -> None:
+    """Place a copy-up: invisible in the merged view, so the parent keeps its times.
+
+    ``vacant``: the upper holds no whiteout at the name (nothing, or the copy it replaces),
+    so a plain rename does.
+    """
     upper = fs._need_writable()
     before = upper.lstat(parent_path)
-    upper.place(tmp, parent_path, name)
+    if vacant:
+        dst = _join(parent_path, name)
+        os.rename(tmp, dst, src_dir_fd=upper.work_fd, dst_dir_fd=upper.fd)
+    else:
+        upper.place(tmp, parent_path, name)
     if before is not None:
         _keep_times(upper.fd, parent_path, before)
 

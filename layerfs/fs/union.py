@@ -160,7 +160,7 @@ class UnionFS:
             kind = stat.S_IFMT(upper_st.st_mode)
             if kind != stat.S_IFDIR:
                 data = None
-                if self.upper.xattrs and metacopy.may_be_marked(upper_st):
+                if self.upper.has_metacopies and metacopy.may_be_marked(upper_st):
                     data = metacopy.read_marker(self.upper.proc(path))
                 return Entry(kind, upper_st, (), None, data)
             lower: tuple[LowerRef, ...] = ()

@@ -21,6 +21,9 @@ from .syscalls import RENAME_EXCHANGE, fd_path, renameat2
 
 TMP_DIR = "tmp"
 INDEX_DIR = "index"
+# Present once the upper has held a metadata-only copy (see `metacopy`): until then no
+# lookup needs to ask an upper file for the marker.
+METACOPY_FLAG = "metacopy"
 LOCK_NAME = "lock"
 
 
@@ -66,6 +69,14 @@ class Upper:
             self.close()
             raise UpperError(f"whiteout=char: cannot create device nodes in {workdir}")
         self.xattrs = self._probe_xattrs()
+        self.has_metacopies = os.path.exists(os.path.join(workdir, METACOPY_FLAG))
+
+    def note_metacopy(self) -> None:
+        """Record that metadata-only copies exist, before the first one is placed (the
+        journal keeps the two in order, so a marked file never shows without the flag)."""
+        if not self.has_metacopies:
+            _touch(self.work_fd, os.fsencode(os.path.join("..", METACOPY_FLAG)))
+            self.has_metacopies = True
 
     def close(self) -> None:
         os.close(self.index_fd)
