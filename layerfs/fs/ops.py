@@ -23,7 +23,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from . import copyup
+from . import backing, copyup
 from .inodes import InodeTableError, Node
 from .union import LOWER_TIMEOUT, Entry, UnionFS
 
@@ -63,6 +63,8 @@ class FileHandle:
     fd: int
     node: Node
     on_upper: bool
+    # The kernel reads and writes this handle's backing file itself (passthrough).
+    passthrough: bool = False
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.table = fs.table
         self.enable_writeback_cache = fs.writable
+        self.enable_passthrough = fs.opts.passthrough and backing.SUPPORTED
+        self.backings = backing.Backings()
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
@@ -103,6 +107,9 @@ class Operations(pyfuse3.Operations):
         self._readdirs = 0
 
     def init(self) -> None:
+        self.backings.start()
+        if self.backings.active:
+            self.enable_writeback_cache = False  # the kernel grants one or the other
         self.initialized.set()
 
     def stats(self) -> dict[str, int]:
@@ -112,6 +119,8 @@ class Operations(pyfuse3.Operations):
             "files": len(self._files),
             "dirs": len(self._dirs),
             "readdirs": self._readdirs,
+            "passthrough": int(self.backings.active),
+            "backings": len(self.backings),
         }
 
     # Helpers ---------------------------------------------------------------------
@@ -443,12 +452,32 @@ class Operations(pyfuse3.Operations):
 
     # Files -----------------------------------------------------------------------------
 
-    def _new_handle(self, node: Node, fd: int) -> pyfuse3.FileHandleT:
+    def _file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
+        """A new handle of ``node`` on ``fd``, and how the kernel is to use it."""
         fh = next(self._fh)
-        self._files[fh] = FileHandle(fd, node, node.upper and node.data is None)
+        handle = FileHandle(fd, node, node.upper and node.data is None)
+        backing_id = 0
+        if self.backings.active and self._may_pass_through(node, handle):
+            backing_id = self.backings.bind(node.ino, fd)
+        handle.passthrough = backing_id > 0
+        self._files[fh] = handle
         node.handles.add(fh)
         node.opens += 1
-        return pyfuse3.FileHandleT(fh)
+        if backing_id:
+            return pyfuse3.FileInfo(
+                fh=pyfuse3.FileHandleT(fh), keep_cache=False, backing_id=backing_id
+            )
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    def _may_pass_through(self, node: Node, handle: FileHandle) -> bool:
+        # The kernel keeps one backing file per inode while any passthrough handle is
+        # open, and fails every other open of it: so only a file that cannot become
+        # another file while open gets one. A lower file would (a writer's copy-up,
+        # which its readers must follow); its data in the upper, or any file of a
+        # mount that never copies up, will not. Nor may passthrough join cached opens.
+        if not handle.on_upper and self.fs.writable:
+            return False
+        return all(self._files[fh].passthrough for fh in node.handles)
 
     @handler
     async def open(
@@ -461,7 +490,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EROFS)
             await self._copy_up(node, with_data=not flags & os.O_TRUNC)
         fd = self.fs.open_fd(node, self._real_flags(flags))
-        return pyfuse3.FileInfo(fh=self._new_handle(node, fd), keep_cache=True)
+        return self._file_info(node, fd)
 
     @handler
     async def create(
@@ -476,8 +505,7 @@ class Operations(pyfuse3.Operations):
         node, fd = self.fs.create(
             self._node(parent_inode), name, mode, self._real_flags(flags), uid, gid
         )
-        fh = self._new_handle(node, fd)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(node)
+        return self._file_info(node, fd), self._attrs(node)
 
     @handler
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -504,6 +532,8 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         h = self._files.pop(fh)
         os.close(h.fd)
+        if h.passthrough:
+            self.backings.unbind(h.node.ino)
         h.node.handles.discard(fh)
         self.table.release(h.node)
 

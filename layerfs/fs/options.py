@@ -76,6 +76,9 @@ class MountOptions:
     # Attribute changes of lower files may copy them up without their data (see
     # `layerfs.fs.metacopy`); off by default with whiteout=oci, whose upper must stand alone.
     metacopy: bool = True
+    # Let the kernel read and write files' backing files itself (FUSE passthrough,
+    # see `layerfs.fs.backing`) where it and pyfuse3 can.
+    passthrough: bool = True
     # Options handed to the kernel/libfuse as they are.
     fuse_options: frozenset[str] = frozenset()
 
@@ -165,6 +168,10 @@ def parse_options(opts: Sequence[str]) -> tuple[MountOptions, list[str]]:
             if val not in ("on", "off"):
                 raise OptionError(f"metacopy={val}: expected on or off")
             values["metacopy"] = val == "on"
+        elif key == "passthrough":
+            if val not in ("on", "off"):
+                raise OptionError(f"passthrough={val}: expected on or off")
+            values["passthrough"] = val == "on"
         elif key == "fsname":
             if not val:
                 raise OptionError("fsname= is empty")
