@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import xxhash
 
@@ -219,6 +219,30 @@ def start_layerfs_with(
         m.stop()
         raise
     return m
+
+
+@dataclass
+class Stack:
+    """One lower directory under an upper, its workdir and a mountpoint; ``log`` is the
+    daemon's ``--log`` (for `daemon_stats`)."""
+
+    lower: Path
+    upper: Path
+    work: Path
+    mnt: Path
+    log: Path
+
+    @classmethod
+    def under(cls, root: Path) -> Self:
+        """Empty ``upper`` and ``work`` under ``root``; ``lower`` is the caller's to fill."""
+        s = cls(root / "lower", root / "upper", root / "work", root / "mnt", root / "log")
+        for p in (s.lower, s.upper, s.work):
+            p.mkdir(parents=True, exist_ok=True)
+        return s
+
+    def mount(self, *extra: str) -> LayerfsMount:
+        opts = layerfs_options([self.lower], self.upper, self.work, extra)
+        return start_layerfs_with(self.mnt, opts, log=self.log)
 
 
 def crash_layerfs(m: LayerfsMount) -> None:

@@ -5,46 +5,33 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from layerfs.fs.metacopy import MARKER, read_marker
 from tests.conftest import make_tree
-from tests.mounts import LayerfsMount, crash_layerfs, layerfs_options, start_layerfs
+from tests.mounts import Stack, crash_layerfs, layerfs_options, start_layerfs
 
 DATA = b"lower data\n" * 1000  # 11 KiB: more than a block, so a full copy has blocks
 
 
-@dataclass
-class Stack:
-    lower: Path
-    upper: Path
-    work: Path
-    mnt: Path
-
-    def mount(self, extra: tuple[str, ...] = ()) -> LayerfsMount:
-        return start_layerfs(self.mnt, layerfs_options([self.lower], self.upper, self.work, extra))
-
+class MetaStack(Stack):
     def marker(self, name: str) -> tuple[int, bytes] | None:
         return read_marker(os.fsencode(self.upper / name))
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    lower = tmp_path / "lower"
-    make_tree(lower, {"f": DATA, "g": DATA, "d/h": DATA, "empty": ""})
-    os.setxattr(lower / "f", "user.keep", b"k")
-    os.setxattr(lower / "g", "user.big", b"x" * 2000)  # too much to keep a copy data-less
-    dirs = Stack(lower, tmp_path / "upper", tmp_path / "work", tmp_path / "mnt")
-    for p in (dirs.upper, dirs.work):
-        p.mkdir()
-    yield dirs
+def stack(tmp_path: Path) -> Iterator[MetaStack]:
+    s = MetaStack.under(tmp_path)
+    make_tree(s.lower, {"f": DATA, "g": DATA, "d/h": DATA, "empty": ""})
+    os.setxattr(s.lower / "f", "user.keep", b"k")
+    os.setxattr(s.lower / "g", "user.big", b"x" * 2000)  # too much to keep a copy data-less
+    yield s
 
 
 @pytest.fixture
-def mnt(stack: Stack) -> Iterator[Path]:
+def mnt(stack: MetaStack) -> Iterator[Path]:
     m = stack.mount()
     try:
         yield m.mountpoint
@@ -56,7 +43,7 @@ def _blocks(path: Path) -> int:
     return os.lstat(path).st_blocks
 
 
-def test_chmod_copies_attributes_not_data(stack: Stack, mnt: Path) -> None:
+def test_chmod_copies_attributes_not_data(stack: MetaStack, mnt: Path) -> None:
     ino = os.lstat(mnt / "f").st_ino
     assert not (stack.work / "metacopy").exists()  # lookups ask no upper file yet
     os.chmod(mnt / "f", 0o600)
@@ -84,16 +71,16 @@ def test_chmod_copies_attributes_not_data(stack: Stack, mnt: Path) -> None:
         os.setxattr(mnt / "f", MARKER, b"0:g")
 
 
-def test_writing_replaces_the_copy_with_a_full_one(stack: Stack) -> None:
+def test_writing_replaces_the_copy_with_a_full_one(stack: MetaStack) -> None:
     # Readers follow the copy only when the daemon serves them (see test_passthrough).
-    m = stack.mount(("passthrough=off",))
+    m = stack.mount("passthrough=off")
     try:
         _write_replaces_the_copy(stack, m.mountpoint)
     finally:
         m.stop()
 
 
-def _write_replaces_the_copy(stack: Stack, mnt: Path) -> None:
+def _write_replaces_the_copy(stack: MetaStack, mnt: Path) -> None:
     ino = os.lstat(mnt / "f").st_ino
     os.chmod(mnt / "f", 0o640)
     reader = os.open(mnt / "f", os.O_RDONLY)  # read across the copy below
@@ -116,7 +103,7 @@ def _write_replaces_the_copy(stack: Stack, mnt: Path) -> None:
     assert (stack.lower / "f").read_bytes() == DATA
 
 
-def test_truncate_link_and_xattr_changes_need_a_full_copy(stack: Stack, mnt: Path) -> None:
+def test_truncate_link_and_xattr_changes_need_a_full_copy(stack: MetaStack, mnt: Path) -> None:
     for name in ("f", "d/h"):
         os.chmod(mnt / name, 0o600)
         assert stack.marker(name) is not None
@@ -134,7 +121,7 @@ def test_truncate_link_and_xattr_changes_need_a_full_copy(stack: Stack, mnt: Pat
     assert (mnt / "g2").read_bytes() == DATA
 
 
-def test_renamed_and_xattr_changed_copies(stack: Stack, mnt: Path) -> None:
+def test_renamed_and_xattr_changed_copies(stack: MetaStack, mnt: Path) -> None:
     ino = os.lstat(mnt / "d/h").st_ino
     os.rename(mnt / "d/h", mnt / "moved")
     assert stack.marker("moved") == (0, b"d/h")
@@ -152,7 +139,7 @@ def test_renamed_and_xattr_changed_copies(stack: Stack, mnt: Path) -> None:
     assert os.lstat(mnt / "moved").st_ino == ino
 
 
-def test_copies_survive_remount_and_crash(stack: Stack) -> None:
+def test_copies_survive_remount_and_crash(stack: MetaStack) -> None:
     m = stack.mount()
     try:
         inos = {n: os.lstat(m.mountpoint / n).st_ino for n in ("f", "d/h")}
@@ -181,7 +168,7 @@ def test_copies_survive_remount_and_crash(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("extra", ["metacopy=off", "whiteout=oci"])
-def test_metacopy_off_copies_data(stack: Stack, extra: str) -> None:
+def test_metacopy_off_copies_data(stack: MetaStack, extra: str) -> None:
     m = start_layerfs(stack.mnt, layerfs_options([stack.lower], stack.upper, stack.work, [extra]))
     try:
         os.chmod(m.mountpoint / "f", 0o600)
@@ -191,7 +178,7 @@ def test_metacopy_off_copies_data(stack: Stack, extra: str) -> None:
     assert not (stack.work / "metacopy").exists()
 
 
-def test_bad_metacopy_value_is_refused(stack: Stack) -> None:
+def test_bad_metacopy_value_is_refused(stack: MetaStack) -> None:
     opts = layerfs_options([stack.lower], stack.upper, stack.work, ["metacopy=maybe"])
     with pytest.raises(RuntimeError, match="metacopy=maybe: expected on or off"):
         start_layerfs(stack.mnt, opts)

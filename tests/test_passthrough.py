@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from layerfs.fs import backing
 from tests.images import BUSYBOX
-from tests.mounts import LayerfsMount, daemon_stats, layerfs_options, start_layerfs_with
+from tests.mounts import Stack, daemon_stats, layerfs_options, start_layerfs_with
 
 pytestmark = pytest.mark.skipif(
     not backing.SUPPORTED, reason="pyfuse3 without passthrough.patch (tools/build-pyfuse3)"
@@ -28,29 +27,12 @@ SIZE = 8 << 20
 DATA = os.urandom(SIZE)
 
 
-@dataclass
-class Stack:
-    lower: Path
-    upper: Path
-    work: Path
-    mnt: Path
-    log: Path
-
-    def mount(self, *extra: str) -> LayerfsMount:
-        opts = layerfs_options([self.lower], self.upper, self.work, extra)
-        return start_layerfs_with(self.mnt, opts, log=self.log)
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    lower = tmp_path / "lower"
-    lower.mkdir()
-    (lower / "big").write_bytes(DATA)
-    (lower / "small").write_bytes(b"lower\n")
-    shutil.copy(BUSYBOX, lower / "busybox")
-    s = Stack(lower, tmp_path / "upper", tmp_path / "work", tmp_path / "mnt", tmp_path / "log")
-    s.upper.mkdir()
-    s.work.mkdir()
+    s = Stack.under(tmp_path)
+    (s.lower / "big").write_bytes(DATA)
+    (s.lower / "small").write_bytes(b"lower\n")
+    shutil.copy(BUSYBOX, s.lower / "busybox")
     yield s
 
 
