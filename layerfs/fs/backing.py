@@ -60,6 +60,8 @@ class Backings:
         bound = self._bound.get(ino)
         if bound is not None:
             if bound.file != file:
+                # The kernel fails this open (EIO): callers bind only files that stay
+                # the same file while open.
                 return 0
             bound.handles += 1
             return bound.backing_id
