@@ -71,16 +71,7 @@ def test_chmod_copies_attributes_not_data(stack: MetaStack, mnt: Path) -> None:
         os.setxattr(mnt / "f", MARKER, b"0:g")
 
 
-def test_writing_replaces_the_copy_with_a_full_one(stack: MetaStack) -> None:
-    # Readers follow the copy only when the daemon serves them (see test_passthrough).
-    m = stack.mount("passthrough=off")
-    try:
-        _write_replaces_the_copy(stack, m.mountpoint)
-    finally:
-        m.stop()
-
-
-def _write_replaces_the_copy(stack: MetaStack, mnt: Path) -> None:
+def test_writing_replaces_the_copy_with_a_full_one(stack: MetaStack, mnt: Path) -> None:
     ino = os.lstat(mnt / "f").st_ino
     os.chmod(mnt / "f", 0o640)
     reader = os.open(mnt / "f", os.O_RDONLY)  # read across the copy below
