@@ -531,13 +531,13 @@ def test_push_is_atomic_when_a_blob_is_damaged(world: World, tmp_path: Path) -> 
 
 
 def test_commit_errors(world: World) -> None:
-    fails(layerctl(world.root, "commit", "nope", "x:1"), "no container 'nope'")
-    fails(layerctl(world.root, "commit", "../c1", "x:1"), "invalid container name '../c1'")
+    fails(layerctl(world.root, "commit", "nope", "x:1"), "no container named 'nope'")
+    fails(layerctl(world.root, "commit", "../c1", "x:1"), "container name '../c1'")
     fails(layerctl(world.root, "commit", "c1", "bad name"), "image name 'bad name'")
     fails(layerctl(world.root, "commit", "c1", ""), "image name is empty")
     broken = world.root / "containers" / "broken"
     broken.mkdir()
-    (broken / "container.json").write_text('{"image": "x"}')
+    (broken / "container.json").write_text('{"name": "broken", "image": "x"}')
     fails(layerctl(world.root, "commit", "broken", "x:1"), "container.json", "image_id")
     shutil.rmtree(broken)  # gc and fsck would rightly refuse a store holding it
     orphan = make_container(world.root, "orphan", BASE)

@@ -76,7 +76,6 @@ from layerfs.oci import (
     compute_digest,
     descriptor_to_json,
     parse_config,
-    parse_digest,
     parse_manifest,
     split_digest,
 )
@@ -101,12 +100,12 @@ from layerfs.oci.writer import (
     opaque_member,
     whiteout_member,
 )
+from layerfs.store import containers
 from layerfs.store.durable import syncfs
 from layerfs.store.errors import StoreError
 from layerfs.store.names import check_image_name
 from layerfs.store.pull import PullOptions, pull_image
 from layerfs.store.records import (
-    CONTAINER_RECORD,
     ImageRecord,
     read_image_record,
     utc_now,
@@ -152,50 +151,34 @@ def read_container(store: Store, name: str) -> ContainerInfo:
     ``upper``, ``work`` and ``rootfs`` default to ``upper/``, ``work/`` and ``rootfs/`` in
     the container's directory when the record does not name them.
     """
-    if not name or "/" in name or name in (".", ".."):
-        raise CommitError(f"invalid container name {name!r}")
-    directory = store.paths.container_dir(name)
-    path = os.path.join(directory, CONTAINER_RECORD)
     try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CommitError(f"no container {name!r} in the store at {store.root}") from None
-    except ValueError as exc:
-        raise CommitError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-        kind = doc.get("kind", "container")
-        if kind != "container":
-            raise CommitError(f"{name!r} is an {kind} record, not a container: nothing to commit")
-        info = ContainerInfo(
-            name=name,
-            image=_field(doc, "image", str),
-            image_id=parse_digest(_field(doc, "image_id", str)),
-            layers=tuple(parse_digest(d) for d in _field(doc, "layers", list)),
-            blobs=tuple(parse_digest(d) for d in doc.get("blobs") or ()),
-            upper=_path(doc, "upper", directory),
-            work=_path(doc, "work", directory),
-            rootfs=_path(doc, "rootfs", directory),
+        record = containers.read_container(store, name)
+    except containers.ContainerError as exc:
+        raise CommitError(str(exc)) from None
+    if record.kind != containers.KIND_CONTAINER:
+        raise CommitError(
+            f"{name!r} is an {record.kind} record, not a container: nothing to commit"
         )
-    except (ValueError, TypeError) as exc:
-        raise CommitError(f"{path}: damaged container record: {exc}") from None
+    directory = store.paths.container_dir(name)
+    info = ContainerInfo(
+        name=name,
+        image=record.image,
+        image_id=record.image_id,
+        layers=record.layers,
+        blobs=record.blobs,
+        upper=record.upper or os.path.join(directory, "upper"),
+        work=record.work or os.path.join(directory, "work"),
+        rootfs=record.rootfs or os.path.join(directory, "rootfs"),
+    )
+    for path in (info.upper, info.work):
+        if not os.path.isabs(path):
+            raise CommitError(f"container {name!r}: damaged record: {path!r} is not absolute")
     if not os.path.isdir(info.upper):
         hint = ""
-        if doc.get("dataset"):
-            hint = f"; its dataset {doc['dataset']} may not be mounted ('layerctl mount {name}')"
+        if record.dataset:
+            hint = f"; its dataset {record.dataset} may not be mounted ('layerctl mount {name}')"
         raise CommitError(f"container {name!r}: no upper directory at {info.upper}{hint}")
     return info
-
-
-def _path(doc: Mapping[str, Any], key: str, directory: str) -> str:
-    value = doc.get(key)
-    if value is None:
-        return os.path.join(directory, key)
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise ValueError(f"{key!r}: expected an absolute path, got {value!r}")
-    return value
 
 
 def flush_mount(info: ContainerInfo) -> None:
@@ -206,13 +189,6 @@ def flush_mount(info: ContainerInfo) -> None:
         syncfs(info.rootfs)
     except OSError as exc:  # a dead daemon's mount: the upper already has all there is
         logger.debug("commit: syncfs %s: %s", info.rootfs, exc)
-
-
-def _field(doc: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
-    value = doc.get(key)
-    if not isinstance(value, kind):
-        raise ValueError(f"{key!r}: expected a {kind.__name__}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

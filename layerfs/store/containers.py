@@ -29,7 +29,7 @@ from typing import Any
 from layerfs.fs.daemon import DaemonConfig, MountError
 from layerfs.fs.daemon import spawn as spawn_daemon
 from layerfs.fs.options import OptionError, absolute, parse_options, split_options
-from layerfs.oci import Digest
+from layerfs.oci import Digest, parse_digest
 from layerfs.store import zfscontainers as zc
 from layerfs.store.durable import remove_tree, syncfs, write_atomic
 from layerfs.store.errors import StoreError
@@ -83,21 +83,37 @@ class Container:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Container:
+    def from_json(cls, doc: object, directory: str) -> Container:
+        """Parse the record in ``directory`` (where ``rootfs`` is when it names none);
+        ValueError or TypeError naming the first field that is wrong."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         return cls(
-            name=doc["name"],
-            kind=doc.get("kind", KIND_CONTAINER),
-            image=doc["image"],
-            image_id=Digest(doc["image_id"]),
-            layers=tuple(Digest(d) for d in doc["layers"]),
-            blobs=tuple(Digest(d) for d in doc.get("blobs", [])),
-            created=doc["created"],
-            rootfs=doc["rootfs"],
-            bundle=doc.get("bundle"),
-            upper=doc.get("upper"),
-            work=doc.get("work"),
-            dataset=doc.get("dataset"),
+            name=_field(doc, "name", str),
+            kind=_field(doc, "kind", str, KIND_CONTAINER),
+            image=_field(doc, "image", str),
+            image_id=parse_digest(_field(doc, "image_id", str)),
+            layers=tuple(parse_digest(d) for d in _field(doc, "layers", list)),
+            blobs=tuple(parse_digest(d) for d in _field(doc, "blobs", list, [])),
+            created=_field(doc, "created", str),
+            rootfs=_field(doc, "rootfs", str, os.path.join(directory, "rootfs")),
+            bundle=_field(doc, "bundle", str, None),
+            upper=_field(doc, "upper", str, None),
+            work=_field(doc, "work", str, None),
+            dataset=_field(doc, "dataset", str, None),
         )
+
+
+_REQUIRED: Any = object()
+
+
+def _field(doc: dict[str, Any], key: str, kind: type[Any], default: Any = _REQUIRED) -> Any:
+    value = doc.get(key)
+    if value is None and default is not _REQUIRED:
+        return default
+    if not isinstance(value, kind):
+        raise ValueError(f"{key!r}: expected a {kind.__name__}, got {value!r}")
+    return value
 
 
 def check_name(name: str) -> str:
@@ -114,13 +130,16 @@ def _record_path(store: Store, name: str) -> str:
 
 
 def read_container(store: Store, name: str) -> Container:
+    """The record of container (or image mount) ``name``; `ContainerError` naming what is
+    wrong when there is none or it is damaged."""
+    path = _record_path(store, check_name(name))
     try:
-        with open(_record_path(store, check_name(name)), "rb") as f:
-            return Container.from_json(json.load(f))
+        with open(path, "rb") as f:
+            return Container.from_json(json.load(f), os.path.dirname(path))
     except FileNotFoundError:
         raise ContainerError(f"no container named {name!r} (see 'layerctl ps')") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ContainerError(f"container {name!r}: damaged record: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ContainerError(f"container {name!r}: damaged record {path}: {exc}") from exc
 
 
 def list_containers(store: Store) -> list[Container]:
