@@ -4,7 +4,6 @@ helpers every part of the engine uses on paths, times and errors."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -15,8 +14,10 @@ RENAME_WHITEOUT = 1 << 2
 
 _FICLONE = 0x40049409
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_renameat2 = _libc.renameat2
+# By soname: ctypes.util.find_library runs `ldconfig -p` in a subprocess, at every start
+# of every command.
+LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+_renameat2 = LIBC.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
 

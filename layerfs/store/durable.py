@@ -11,7 +11,6 @@ of an unpacked layer. `remove_tree` deletes a tree even where the tree's own mod
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -20,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+from layerfs.fs.syscalls import LIBC
 
 
 def fsync_dir(path: str) -> None:
@@ -69,7 +68,7 @@ def syncfs(path: str) -> None:
     """Flush every dirty page of the filesystem holding ``path`` (``syncfs(2)``)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.syncfs(fd) != 0:
+        if LIBC.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
     finally:
