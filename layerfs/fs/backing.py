@@ -44,7 +44,7 @@ class Backings:
 
     def start(self) -> None:
         """Take up what INIT negotiated: call from ``Operations.init``."""
-        self.active = SUPPORTED and bool(getattr(pyfuse3, "passthrough", False))
+        self.active = bool(getattr(pyfuse3, "passthrough", False))
         if self.active:
             log.debug("FUSE passthrough granted")
 

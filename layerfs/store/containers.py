@@ -29,11 +29,11 @@ from typing import Any
 from layerfs.fs.daemon import DaemonConfig, MountError
 from layerfs.fs.daemon import spawn as spawn_daemon
 from layerfs.fs.options import OptionError, absolute, parse_options, split_options
-from layerfs.oci import Digest, parse_digest
+from layerfs.oci import Digest
 from layerfs.store import zfscontainers as zc
 from layerfs.store.durable import remove_tree, syncfs, write_atomic
 from layerfs.store.errors import StoreError
-from layerfs.store.records import CONTAINER_RECORD, ImageRecord, utc_now
+from layerfs.store.records import CONTAINER_RECORD, ImageRecord, JsonDoc, load_doc, utc_now
 from layerfs.store.store import Store
 from layerfs.store.zfs import DatasetName, Zfs
 from layerfs.store.zfsbackend import ZfsBackend
@@ -83,37 +83,23 @@ class Container:
         }
 
     @classmethod
-    def from_json(cls, doc: object, directory: str) -> Container:
-        """Parse the record in ``directory`` (where ``rootfs`` is when it names none);
-        ValueError or TypeError naming the first field that is wrong."""
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
+    def from_doc(cls, d: JsonDoc, directory: str) -> Container:
+        """The record read from ``directory`` (where ``rootfs`` is when it names none);
+        StoreDamagedError naming the first field that is wrong."""
         return cls(
-            name=_field(doc, "name", str),
-            kind=_field(doc, "kind", str, KIND_CONTAINER),
-            image=_field(doc, "image", str),
-            image_id=parse_digest(_field(doc, "image_id", str)),
-            layers=tuple(parse_digest(d) for d in _field(doc, "layers", list)),
-            blobs=tuple(parse_digest(d) for d in _field(doc, "blobs", list, [])),
-            created=_field(doc, "created", str),
-            rootfs=_field(doc, "rootfs", str, os.path.join(directory, "rootfs")),
-            bundle=_field(doc, "bundle", str, None),
-            upper=_field(doc, "upper", str, None),
-            work=_field(doc, "work", str, None),
-            dataset=_field(doc, "dataset", str, None),
+            name=d.get("name", str),
+            kind=d.get("kind", str, optional=True) or KIND_CONTAINER,
+            image=d.get("image", str),
+            image_id=d.digest("image_id") or Digest(""),
+            layers=d.digests("layers"),
+            blobs=d.digests("blobs", optional=True),
+            created=d.get("created", str),
+            rootfs=d.get("rootfs", str, optional=True) or os.path.join(directory, "rootfs"),
+            bundle=d.get("bundle", str, optional=True),
+            upper=d.get("upper", str, optional=True),
+            work=d.get("work", str, optional=True),
+            dataset=d.get("dataset", str, optional=True),
         )
-
-
-_REQUIRED: Any = object()
-
-
-def _field(doc: dict[str, Any], key: str, kind: type[Any], default: Any = _REQUIRED) -> Any:
-    value = doc.get(key)
-    if value is None and default is not _REQUIRED:
-        return default
-    if not isinstance(value, kind):
-        raise ValueError(f"{key!r}: expected a {kind.__name__}, got {value!r}")
-    return value
 
 
 def check_name(name: str) -> str:
@@ -134,12 +120,10 @@ def read_container(store: Store, name: str) -> Container:
     wrong when there is none or it is damaged."""
     path = _record_path(store, check_name(name))
     try:
-        with open(path, "rb") as f:
-            return Container.from_json(json.load(f), os.path.dirname(path))
+        doc = load_doc(path)
     except FileNotFoundError:
         raise ContainerError(f"no container named {name!r} (see 'layerctl ps')") from None
-    except (ValueError, TypeError) as exc:
-        raise ContainerError(f"container {name!r}: damaged record {path}: {exc}") from exc
+    return Container.from_doc(doc, os.path.dirname(path))
 
 
 def list_containers(store: Store) -> list[Container]:

@@ -144,7 +144,7 @@ class ContainerRef:
 # -- reading ------------------------------------------------------------------------------------
 
 
-class _Doc:
+class JsonDoc:
     """Typed access to one JSON object; every failure names the file and the key."""
 
     def __init__(self, path: str, doc: object) -> None:
@@ -180,15 +180,16 @@ class _Doc:
             raise self.bad(key, f"holds an invalid digest: {exc}") from None
 
 
-def _load(path: str) -> _Doc:
+def load_doc(path: str) -> JsonDoc:
+    """The JSON object in ``path``; StoreDamagedError naming the file when it is not one."""
     try:
         with open(path, "rb") as f:
-            return _Doc(path, json.load(f))
+            return JsonDoc(path, json.load(f))
     except ValueError as exc:
         raise StoreDamagedError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def _image_from(d: _Doc) -> ImageRecord:
+def _image_from(d: JsonDoc) -> ImageRecord:
     record = ImageRecord(
         name=ImageName(d.get("name", str)),
         manifest_digest=d.digest("manifest_digest") or Digest(""),
@@ -217,7 +218,7 @@ def read_image_record(paths: StorePaths, name: ImageName) -> ImageRecord | None:
     """The record of ``name``; None when there is none."""
     path = image_record_path(paths, name)
     try:
-        record = _image_from(_load(path))
+        record = _image_from(load_doc(path))
     except FileNotFoundError:
         return None
     if record.name != name:
@@ -232,7 +233,7 @@ def list_image_records(paths: StorePaths) -> list[ImageRecord]:
         if not name.endswith(_SUFFIX) or unescape_name(name[: -len(_SUFFIX)]) is None:
             continue  # temporary files of an update in progress, or strays
         try:
-            out.append(_image_from(_load(os.path.join(paths.images, name))))
+            out.append(_image_from(load_doc(os.path.join(paths.images, name))))
         except FileNotFoundError:
             continue  # removed meanwhile
     return sorted(out, key=lambda r: r.name)
@@ -245,7 +246,7 @@ def write_image_record(paths: StorePaths, record: ImageRecord) -> None:
 
 def read_layer_record(layer_dir: str) -> LayerRecord:
     """``layer.json`` of the layer at ``layer_dir`` (FileNotFoundError when there is none)."""
-    d = _load(os.path.join(layer_dir, LAYER_RECORD))
+    d = load_doc(os.path.join(layer_dir, LAYER_RECORD))
     return LayerRecord(
         chain_id=d.digest("chain_id") or Digest(""),
         diff_id=d.digest("diff_id") or Digest(""),
@@ -272,7 +273,7 @@ def list_container_refs(paths: StorePaths) -> list[ContainerRef]:
     for name in sorted(_listdir(paths.containers)):
         path = os.path.join(paths.containers, name, CONTAINER_RECORD)
         try:
-            d = _load(path)
+            d = load_doc(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         out.append(
