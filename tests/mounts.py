@@ -45,6 +45,21 @@ def wait_for(cond: object, timeout: float = 10.0, what: str = "condition") -> No
         time.sleep(0.02)
 
 
+def bdi_readahead_kb(mountpoint: Path | str) -> int:
+    """The readahead (KiB) of the backing device of the mount at ``mountpoint``."""
+    target = os.fsencode(os.path.realpath(mountpoint))
+    with open("/proc/self/mountinfo", "rb") as f:
+        devs = [
+            fields[2].decode()
+            for fields in map(bytes.split, f)
+            if fields[4].decode("unicode_escape").encode("latin-1") == target
+        ]
+    if not devs:
+        raise FileNotFoundError(f"{mountpoint} is not a mount point")
+    with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", encoding="ascii") as ra:
+        return int(ra.read())  # the last mount on a path is the one that shows
+
+
 @dataclass
 class LayerfsMount:
     mountpoint: Path

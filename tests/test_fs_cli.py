@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_tree
-from tests.mounts import LAYERFS, mounted, start_layerfs, wait_for
+from tests.mounts import LAYERFS, bdi_readahead_kb, mounted, start_layerfs, wait_for
 
 
 @pytest.fixture
@@ -148,6 +148,16 @@ def test_unknown_option_warns_and_mounts(layers: dict[str, Path], cleanup: None)
     assert r.returncode == 0
     assert "unknown option 'frobnicate=1'" in r.stderr
     assert mounted(layers["m"], "fuse.layerfs")
+
+
+def test_readahead_is_one_mib(layers: dict[str, Path]) -> None:
+    # The daemon sets it after INIT; by the first answered request it must be in place.
+    m = start_layerfs(layers["m"], _opts(layers))
+    try:
+        assert (layers["m"] / "top").read_text() == "t"
+        wait_for(lambda: bdi_readahead_kb(layers["m"]) == 1024, 2.0, what="1 MiB readahead")
+    finally:
+        m.stop()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

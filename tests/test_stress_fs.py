@@ -46,6 +46,7 @@ from tests.conftest import make_tree
 from tests.mounts import (
     Item,
     LayerfsMount,
+    bdi_readahead_kb,
     crash_layerfs,
     daemon_stats,
     layerfs,
@@ -658,6 +659,9 @@ def run_crash_point(
         root = m.mountpoint
         sc.setup(root)
         before = view(root)
+        # The daemon's one write of its own after INIT (the bdi's readahead) must not be
+        # taken for the operation's first, nor be killed in its place.
+        wait_for(lambda: bdi_readahead_kb(root) == 1024, what="the daemon's readahead")
         if point is None:
             args = ["-o", str(trace_file), "-e", f"trace={MUTATING}"]
         else:
