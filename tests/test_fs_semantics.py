@@ -355,6 +355,24 @@ def test_nlink(mnt: Path) -> None:
     assert os.lstat(mnt / "a").st_nlink == 2
 
 
+def test_big_reads_exact_at_any_offset_and_at_the_end(tmp_path: Path) -> None:
+    """Reads of 512 KiB and more are answered from the file on a worker thread
+    (FileRange): whole files, odd offsets, short at the end, nothing past it."""
+    data = os.urandom((3 << 20) + 12345)
+    make_tree(tmp_path / "l", {"odd": data})
+    for name in ("u", "w", "m"):
+        (tmp_path / name).mkdir()
+    with layerfs(tmp_path / "m", [tmp_path / "l"], tmp_path / "u", tmp_path / "w") as m:
+        assert (m.mountpoint / "odd").read_bytes() == data  # readahead: 1 MiB requests
+        # O_DIRECT: every pread is one READ of its own offset and size.
+        fd = os.open(m.mountpoint / "odd", os.O_RDONLY | os.O_DIRECT)
+        try:
+            for off in (0, 1, (1 << 20) - 7, len(data) - 100, len(data) - 1, len(data)):
+                assert os.pread(fd, 1 << 20, off) == data[off : off + (1 << 20)], off
+        finally:
+            os.close(fd)
+
+
 def test_readdir_offsets_stable_under_changes(mnt: Path) -> None:
     for i in range(300):
         (mnt / "d" / f"n{i:03d}").write_text("")
