@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from layerfs.fs.serving import READAHEAD_KB
 from tests.conftest import make_tree
 from tests.mounts import LAYERFS, bdi_readahead_kb, mounted, start_layerfs, wait_for
 
@@ -151,11 +152,11 @@ def test_unknown_option_warns_and_mounts(layers: dict[str, Path], cleanup: None)
 
 
 def test_readahead_is_one_mib(layers: dict[str, Path]) -> None:
-    # The daemon sets it after INIT; by the first answered request it must be in place.
+    # The kernel's default is 128 KiB; the daemon raises it once INIT is answered.
     m = start_layerfs(layers["m"], _opts(layers))
     try:
         assert (layers["m"] / "top").read_text() == "t"
-        wait_for(lambda: bdi_readahead_kb(layers["m"]) == 1024, 2.0, what="1 MiB readahead")
+        wait_for(lambda: bdi_readahead_kb(layers["m"]) == READAHEAD_KB, 2.0, what="1 MiB readahead")
     finally:
         m.stop()
 

@@ -356,8 +356,9 @@ def test_nlink(mnt: Path) -> None:
 
 
 def test_big_reads_exact_at_any_offset_and_at_the_end(tmp_path: Path) -> None:
-    """Reads of 512 KiB and more are answered from the file on a worker thread
-    (FileRange): whole files, odd offsets, short at the end, nothing past it."""
+    """Reads of 512 KiB and more are answered on a worker thread (from the file itself
+    with a pyfuse3 that has FileRange): whole files, odd offsets, short at the end,
+    nothing past it."""
     data = os.urandom((3 << 20) + 12345)
     make_tree(tmp_path / "l", {"odd": data})
     for name in ("u", "w", "m"):

@@ -42,6 +42,7 @@ import xxhash
 
 from layerfs.fs.metacopy import MARKER as METACOPY_MARKER
 from layerfs.fs.metacopy import read_marker
+from layerfs.fs.serving import READAHEAD_KB
 from tests.conftest import make_tree
 from tests.mounts import (
     Item,
@@ -661,7 +662,7 @@ def run_crash_point(
         before = view(root)
         # The daemon's one write of its own after INIT (the bdi's readahead) must not be
         # taken for the operation's first, nor be killed in its place.
-        wait_for(lambda: bdi_readahead_kb(root) == 1024, what="the daemon's readahead")
+        wait_for(lambda: bdi_readahead_kb(root) == READAHEAD_KB, what="the daemon's readahead")
         if point is None:
             args = ["-o", str(trace_file), "-e", f"trace={MUTATING}"]
         else:

@@ -4,8 +4,10 @@
 
 Maps the first MiB (default 64) of FILE, touches every page, and classifies each page's
 frame through /proc/self/pagemap and /proc/kpageflags (root only): the head or a tail of a
-compound (large) folio, or a page of its own. Warm reads of a FUSE file are copied out
-page by page when its page cache holds single pages (PERFORMANCE.md, "Warm reads").
+compound (large) folio, or a page of its own. Read FILE first (``cat FILE >/dev/null``):
+pages not yet cached are filled by the mapping's own faults, with other folio sizes. Warm
+reads of a FUSE file are copied out page by page when its page cache holds single pages
+(PERFORMANCE.md, "Warm reads").
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PRESENT = 1 << 63
 PFN_MASK = (1 << 55) - 1
 COMPOUND_HEAD = 1 << 15
 COMPOUND_TAIL = 1 << 16
+USAGE = "usage: .venv/bin/python tools/folios.py FILE [MiB]"
 
 
 def classify(path: str, limit: int) -> dict[str, int]:
@@ -46,6 +49,9 @@ def classify(path: str, limit: int) -> dict[str, int]:
             if not e & PRESENT:
                 counts["absent"] += 1
                 continue
+            if e & PFN_MASK == 0:
+                # Without CAP_SYS_ADMIN pagemap shows every frame as 0.
+                raise PermissionError("/proc/self/pagemap hides page frames (needs CAP_SYS_ADMIN)")
             kf.seek((e & PFN_MASK) * 8)
             (flags,) = struct.unpack("<Q", kf.read(8))
             if flags & COMPOUND_HEAD:
@@ -59,7 +65,7 @@ def classify(path: str, limit: int) -> dict[str, int]:
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     limit = int(argv[2]) << 20 if len(argv) == 3 else 64 << 20
     try:

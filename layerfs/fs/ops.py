@@ -521,7 +521,7 @@ class Operations(pyfuse3.Operations):
         if FILE_RANGE:
             # The worker reads and answers by itself, from a buffer pyfuse3 keeps: the
             # trio thread no longer copies every byte out to the kernel, and no Python
-            # object per MiB (a cold 512 MiB read: 0.245-0.256 -> 0.218-0.235 s).
+            # object per MiB (PERFORMANCE.md, "Cold reads").
             return pyfuse3.FileRange(fd, off, size, in_thread=True, close_fd=True)
         try:
             return await trio.to_thread.run_sync(os.pread, fd, size, off)

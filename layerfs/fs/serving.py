@@ -82,8 +82,8 @@ async def _serve(ops: Operations, mountpoint: str) -> None:
 async def _readahead_after_init(ops: Operations, mountpoint: str) -> None:
     # The kernel caps the bdi's readahead when it processes the INIT reply: set ours after.
     # It does so inside the daemon's write of that reply, which libfuse makes as soon as
-    # init() returns, before this task can run: no need to wait any longer (a delay only
-    # let this write land in the middle of a client's first requests).
+    # init() returns, before this task can run; the task runs at the loop's first idle
+    # moment, with no timer (which could fire at any point of a client's first requests).
     await ops.initialized.wait()
     _set_readahead(mountpoint)
 
