@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,66 @@ def test_second_mount_on_same_workdir_refused(layers: dict[str, Path], tmp_path:
         assert not mounted(other)
     finally:
         m.stop()
+
+
+# Runs in a process of its own: prefork forks, which a test process must not do.
+PREFORK = """
+import os, sys
+from layerfs.fs import daemon
+from layerfs.fs.options import parse_options, split_options
+daemon.prefork()
+standby = daemon._standby.pid
+print(standby, flush=True)
+if sys.argv[1] == "mount":
+    opts, _ = parse_options(split_options([sys.argv[2]]))
+    try:
+        pid = daemon.spawn(daemon.DaemonConfig(os.path.realpath(sys.argv[3]), opts))
+    except daemon.MountError as exc:
+        print("error", exc)
+    else:
+        print("served by", "standby" if pid == standby else "another", pid)
+"""
+
+
+def _prefork(*args: str) -> list[str]:
+    r = subprocess.run(
+        [sys.executable, "-c", PREFORK, *args], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def _gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_prefork_daemon_takes_the_mount(layers: dict[str, Path], cleanup: None) -> None:
+    standby, served = _prefork("mount", _opts(layers), str(layers["m"]))
+    assert served == f"served by standby {standby}"
+    assert mounted(layers["m"], "fuse.layerfs")
+    assert sorted(os.listdir(layers["m"])) == ["bottom", "d", "top"]
+    subprocess.run(["fusermount3", "-u", str(layers["m"])], check=True)
+    wait_for(lambda: not _daemon_pids(layers["m"]), what="daemon exit after unmount")
+
+
+def test_prefork_daemon_reports_why_it_cannot_mount(
+    layers: dict[str, Path], tmp_path: Path
+) -> None:
+    m = start_layerfs(layers["m"], _opts(layers))
+    try:
+        other = tmp_path / "m2"
+        other.mkdir()
+        standby, error = _prefork("mount", _opts(layers), str(other))
+        assert error.startswith("error ") and "in use" in error  # from the standby's pipe
+        assert not mounted(other)
+        wait_for(lambda: _gone(int(standby)), what="the standby to be reaped")
+    finally:
+        m.stop()
+
+
+def test_unused_prefork_daemon_is_reaped() -> None:
+    (standby,) = _prefork("none")
+    assert _gone(int(standby)), "the caller exited; its standby daemon must be gone"
 
 
 def test_mount_t_layerfs_and_fstab(layers: dict[str, Path], tmp_path: Path, cleanup: None) -> None:

@@ -6,12 +6,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from layerfs.cli.launch import command
 from tests.images import WHITEOUT, Dir, File, ImageConfigSpec, build_image
 from tests.layerctl import layerctl, remove_all_containers, runc_run
 from tests.mounts import mounted, wait_for
@@ -171,6 +173,45 @@ def test_create_errors_leave_nothing(image: str, root: Path, tmp_path: Path) -> 
     assert r.code != 0 and "exists" in r.err
     assert layerctl(root, "rm", "--force", "dup").code == 0
     assert os.listdir(root / "containers") == []
+
+
+def test_installed_layerctl_forks_its_daemon_first(image: str, root: Path) -> None:
+    """The ``layerctl`` script (layerfs.cli.launch) forks the daemon of ``create`` and
+    ``mount`` before it loads the rest; a create that fails leaves no process behind."""
+    assert [command(a) for a in (["--root", "r", "create", "i"], ["--debug", "mount", "c"])] == [
+        "create",
+        "mount",
+    ]
+    assert command(["--root", "create"]) is None and command(["images", "create"]) == "images"
+    assert layerctl(root, "pull", "-q", image).code == 0
+    launch = [sys.executable, "-m", "layerfs.cli.launch", "--root", str(root)]
+    before = _processes()
+    r = subprocess.run([*launch, "create", "nope:latest", "x"], capture_output=True, text=True)
+    assert r.returncode != 0 and "nope" in r.stderr
+    assert _processes() == before, "the unused daemon must be reaped with its caller"
+    r = subprocess.run([*launch, "create", "layout:v1", "c1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rootfs = root / "containers/c1/rootfs"
+    assert mounted(rootfs, "fuse.layerfs")
+    assert (rootfs / "srv/app/data").read_text() == "data\n"
+    assert layerctl(root, "umount", "c1").code == 0
+    r = subprocess.run([*launch, "mount", "c1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (rootfs / "etc/passwd").read_text() == PASSWD
+    assert layerctl(root, "rm", "--force", "c1").code == 0
+
+
+def _processes() -> set[int]:
+    """Processes named layerfs (daemons name themselves so at once), zombies included."""
+    out = set()
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == "layerfs":
+                    out.add(int(p))
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def test_create_unknown_user(tmp_path: Path, root: Path) -> None:

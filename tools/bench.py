@@ -249,7 +249,7 @@ def image_side(root: Path, runs: int) -> dict[str, dict[str, float]]:
     """layerctl pull vs umoci unpack of the same image; layerctl create from the cache."""
     image = build_image(root)
     scratch = Path(tempfile.mkdtemp(prefix="bench-img-", dir=root))
-    ctl = [sys.executable, "-m", "layerfs.cli.layerctl"]
+    ctl = [sys.executable, "-m", "layerfs.cli.launch"]  # as the installed layerctl runs
     pull, umoci, create = [], [], []
     try:
         for i in range(runs):

@@ -7,10 +7,13 @@ child reported why it could not mount (one line, exit 1, nothing mounted).
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
+import pickle
 import resource
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -84,44 +87,131 @@ def run(cfg: DaemonConfig) -> int:
     return 0
 
 
-def spawn(cfg: DaemonConfig) -> int:
-    """Mount with a daemon forked from this process; its pid, once the mount is live."""
-    check(cfg.options, cfg.mountpoint)
-    r, w = os.pipe()
+@dataclass(frozen=True)
+class _Standby:
+    """A daemon forked ahead of its mount (`prefork`), waiting for its config."""
+
+    pid: int
+    orders: int  # we write the pickled DaemonConfig here, then close it
+    status: int  # it answers "ok" or why it could not mount
+
+
+_standby: _Standby | None = None
+
+
+def prefork() -> None:
+    """Fork the next mount's daemon now, so that it loads the engine (~80 ms of imports)
+    while this process loads and does the rest; the next `spawn` hands it its mount.
+    Unused, it is killed and reaped when this process exits."""
+    global _standby
+    if _standby is not None:
+        return
+    orders_r, orders_w = os.pipe()
+    status_r, status_w = os.pipe()
     pid = os.fork()
     if pid:
-        os.close(w)
-        with os.fdopen(r, "rb") as pipe:
-            msg = pipe.read().decode(errors="replace")
-        if msg == "ok":
-            return pid
-        os.waitpid(pid, 0)
-        raise MountError(msg or "the mount daemon exited before the mount was ready")
-    os.close(r)
+        os.close(orders_r)
+        os.close(status_w)
+        _standby = _Standby(pid, orders_w, status_r)
+        atexit.register(_drop_standby)
+        return
+    os.close(orders_w)
+    os.close(status_r)
     code = 1
     try:
-        # A daemon keeps nothing of its caller: not its locks, not its pipes (the caller
-        # may be layerctl, or a test process, rather than our own command line).
-        os.closerange(3, w)
-        os.closerange(w + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        os.setsid()
-        _name_process()
-        try:
-            from . import serving  # the engine loads only where it serves (see serving)
+        _leave_caller(orders_r, status_w)
+        from . import serving  # noqa: F401 - loaded while the caller works
 
-            fs, ops = serving.mount(cfg)
-        except MountError as exc:
-            os.write(w, str(exc).encode())
-            return 1
-        _detach_stdio()
-        os.write(w, b"ok")
-        os.close(w)
-        serving.serve(cfg, fs, ops)
-        code = 0
+        with os.fdopen(orders_r, "rb") as orders:
+            data = orders.read()
+        # Nothing: the caller exited without a mount for us.
+        code = _serve(pickle.loads(data), status_w) if data else 0
     except BaseException:
         log.exception("daemon failed")
     finally:
         os._exit(code)
+
+
+def _drop_standby() -> None:
+    global _standby
+    s, _standby = _standby, None
+    if s is None:
+        return
+    for fd in (s.orders, s.status):
+        os.close(fd)
+    try:
+        os.kill(s.pid, signal.SIGKILL)
+        os.waitpid(s.pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def spawn(cfg: DaemonConfig) -> int:
+    """Mount with a daemon forked from this process (or the one `prefork` made); its pid,
+    once the mount is live."""
+    global _standby
+    check(cfg.options, cfg.mountpoint)
+    s, _standby = _standby, None
+    if s is not None:
+        try:
+            os.write(s.orders, pickle.dumps(cfg))  # a few hundred bytes: one write
+        except OSError:  # it died: fork afresh
+            _standby = s
+            _drop_standby()
+        else:
+            os.close(s.orders)
+            return _await_ready(s.pid, s.status)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        return _await_ready(pid, r)
+    os.close(r)
+    code = 1
+    try:
+        _leave_caller(w)
+        code = _serve(cfg, w)
+    except BaseException:
+        log.exception("daemon failed")
+    finally:
+        os._exit(code)
+
+
+def _await_ready(pid: int, status: int) -> int:
+    with os.fdopen(status, "rb") as pipe:
+        msg = pipe.read().decode(errors="replace")
+    if msg == "ok":
+        return pid
+    os.waitpid(pid, 0)
+    raise MountError(msg or "the mount daemon exited before the mount was ready")
+
+
+def _leave_caller(*keep: int) -> None:
+    # A daemon keeps nothing of its caller: not its locks, not its pipes (the caller
+    # may be layerctl, or a test process, rather than our own command line).
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.setsid()
+    _name_process()
+
+
+def _serve(cfg: DaemonConfig, status: int) -> int:
+    """Mount, report on ``status``, serve until unmounted: the daemon's exit code."""
+    from . import serving  # the engine loads only where it serves (see serving)
+
+    try:
+        fs, ops = serving.mount(cfg)
+    except MountError as exc:
+        os.write(status, str(exc).encode())
+        return 1
+    _detach_stdio()
+    os.write(status, b"ok")
+    os.close(status)
+    serving.serve(cfg, fs, ops)
+    return 0
 
 
 def _name_process() -> None:
