@@ -14,7 +14,7 @@ from pathlib import Path
 
 from layerfs.cli.layerctl import main
 
-LAYERCTL = [sys.executable, "-m", "layerfs.cli.layerctl"]
+LAYERCTL = [sys.executable, "-m", "layerfs.cli.launch"]  # as the installed script runs
 
 
 @dataclass(frozen=True)

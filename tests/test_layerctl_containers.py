@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -175,28 +176,45 @@ def test_create_errors_leave_nothing(image: str, root: Path, tmp_path: Path) -> 
     assert os.listdir(root / "containers") == []
 
 
+# Runs launch.layerctl() as the installed script does, noting whether the daemon that
+# mounts was forked ahead (prefork) or afresh.
+SPY = """
+import sys
+from layerfs.fs import daemon
+spawn = daemon.spawn
+def spy(cfg):
+    print("standby" if daemon._standby is not None else "fresh", file=sys.stderr)
+    return spawn(cfg)
+daemon.spawn = spy
+from layerfs.cli import launch
+sys.argv = ["layerctl", *sys.argv[1:]]
+sys.exit(launch.layerctl())
+"""
+
+
 def test_installed_layerctl_forks_its_daemon_first(image: str, root: Path) -> None:
     """The ``layerctl`` script (layerfs.cli.launch) forks the daemon of ``create`` and
     ``mount`` before it loads the rest; a create that fails leaves no process behind."""
-    assert [command(a) for a in (["--root", "r", "create", "i"], ["--debug", "mount", "c"])] == [
-        "create",
-        "mount",
-    ]
-    assert command(["--root", "create"]) is None and command(["images", "create"]) == "images"
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "layerctl"]
+    assert script.value == "layerfs.cli.launch:layerctl"
+    assert command(["--root", "r", "create", "i"]) == "create"
+    assert command(["--debug", "--ro", "r", "mount", "c"]) == "mount"  # argparse's abbreviation
+    assert command(["--root=r", "images"]) == "images"
+    assert command(["--root", "create"]) is None
     assert layerctl(root, "pull", "-q", image).code == 0
-    launch = [sys.executable, "-m", "layerfs.cli.launch", "--root", str(root)]
+    spy = [sys.executable, "-c", SPY, "--root", str(root)]
     before = _processes()
-    r = subprocess.run([*launch, "create", "nope:latest", "x"], capture_output=True, text=True)
+    r = subprocess.run([*spy, "create", "nope:latest", "x"], capture_output=True, text=True)
     assert r.returncode != 0 and "nope" in r.stderr
-    assert _processes() == before, "the unused daemon must be reaped with its caller"
-    r = subprocess.run([*launch, "create", "layout:v1", "c1"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert not _processes() - before, "the unused daemon must be reaped with its caller"
+    r = subprocess.run([*spy, "create", "layout:v1", "c1"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "standby\n", r.stderr
     rootfs = root / "containers/c1/rootfs"
     assert mounted(rootfs, "fuse.layerfs")
     assert (rootfs / "srv/app/data").read_text() == "data\n"
     assert layerctl(root, "umount", "c1").code == 0
-    r = subprocess.run([*launch, "mount", "c1"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*spy, "mount", "c1"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "standby\n", r.stderr
     assert (rootfs / "etc/passwd").read_text() == PASSWD
     assert layerctl(root, "rm", "--force", "c1").code == 0
 

@@ -108,24 +108,33 @@ def prefork() -> None:
         return
     orders_r, orders_w = os.pipe()
     status_r, status_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = _fork()
+    except OSError:  # only time is lost: `spawn` forks then
+        for fd in (orders_r, orders_w, status_r, status_w):
+            os.close(fd)
+        return
     if pid:
         os.close(orders_r)
         os.close(status_w)
         _standby = _Standby(pid, orders_w, status_r)
         atexit.register(_drop_standby)
         return
-    os.close(orders_w)
-    os.close(status_r)
     code = 1
     try:
+        os.close(orders_w)
+        os.close(status_r)
         _leave_caller(orders_r, status_w)
         from . import serving  # noqa: F401 - loaded while the caller works
 
         with os.fdopen(orders_r, "rb") as orders:
             data = orders.read()
-        # Nothing: the caller exited without a mount for us.
-        code = _serve(pickle.loads(data), status_w) if data else 0
+        if data:  # nothing: the caller exited without a mount for us
+            cfg, log_level = pickle.loads(data)
+            _log_like_caller(log_level)
+            code = _serve(cfg, status_w)
+        else:
+            code = 0
     except BaseException:
         log.exception("daemon failed")
     finally:
@@ -138,7 +147,10 @@ def _drop_standby() -> None:
     if s is None:
         return
     for fd in (s.orders, s.status):
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     try:
         os.kill(s.pid, signal.SIGKILL)
         os.waitpid(s.pid, 0)
@@ -151,30 +163,60 @@ def spawn(cfg: DaemonConfig) -> int:
     once the mount is live."""
     global _standby
     check(cfg.options, cfg.mountpoint)
-    s, _standby = _standby, None
-    if s is not None:
+    if _standby is not None:
+        orders = pickle.dumps((cfg, logging.getLogger("layerfs").getEffectiveLevel()))
+        s = _standby
         try:
-            os.write(s.orders, pickle.dumps(cfg))  # a few hundred bytes: one write
+            rest = memoryview(orders)
+            while rest:
+                rest = rest[os.write(s.orders, rest) :]
         except OSError:  # it died: fork afresh
-            _standby = s
             _drop_standby()
+        except BaseException:
+            # Interrupted halfway: it must not mount behind our back.
+            _drop_standby()
+            raise
         else:
+            _standby = None
             os.close(s.orders)
             return _await_ready(s.pid, s.status)
     r, w = os.pipe()
-    pid = os.fork()
+    pid = _fork()
     if pid:
         os.close(w)
         return _await_ready(pid, r)
-    os.close(r)
     code = 1
     try:
+        os.close(r)
         _leave_caller(w)
         code = _serve(cfg, w)
     except BaseException:
         log.exception("daemon failed")
     finally:
         os._exit(code)
+
+
+_CALLER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _fork() -> int:
+    # Until the child has left the caller's session (`_leave_caller`), a Ctrl-C or SIGTERM
+    # would raise in it inside the caller's code: both stay blocked across the fork.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _CALLER_SIGNALS)
+    pid = os.fork()
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return pid
+
+
+def _log_like_caller(level: int) -> None:
+    # Forked before the caller set up its logging: take its level, on stderr until the
+    # mount is live (then stderr goes to /dev/null, as for every daemon).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("layerfs: %(message)s"))
+    logger = logging.getLogger("layerfs")
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def _await_ready(pid: int, status: int) -> int:
@@ -195,6 +237,7 @@ def _leave_caller(*keep: int) -> None:
         low = fd + 1
     os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CALLER_SIGNALS)
     _name_process()
 
 
