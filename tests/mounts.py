@@ -20,20 +20,23 @@ import xxhash
 LAYERFS = [sys.executable, "-m", "layerfs.cli.layerfs"]
 
 
-def mounted(path: Path | str, fstype: str | None = None) -> bool:
-    """Whether ``path`` is a mount point in /proc/self/mountinfo (optionally of ``fstype``)."""
+def _mounts_at(path: Path | str) -> list[list[bytes]]:
+    """The /proc/self/mountinfo lines (split) of the mounts on ``path``, oldest first."""
     target = os.fsencode(os.path.realpath(path))
     with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            mnt = fields[4].decode("unicode_escape").encode("latin-1")
-            if mnt == target:
-                if fstype is None:
-                    return True
-                sep = fields.index(b"-")
-                if fields[sep + 1].decode() == fstype:
-                    return True
-    return False
+        return [
+            fields
+            for fields in map(bytes.split, f)
+            if fields[4].decode("unicode_escape").encode("latin-1") == target
+        ]
+
+
+def mounted(path: Path | str, fstype: str | None = None) -> bool:
+    """Whether ``path`` is a mount point in /proc/self/mountinfo (optionally of ``fstype``)."""
+    return any(
+        fstype is None or fields[fields.index(b"-") + 1].decode() == fstype
+        for fields in _mounts_at(path)
+    )
 
 
 def wait_for(cond: object, timeout: float = 10.0, what: str = "condition") -> None:
@@ -47,17 +50,12 @@ def wait_for(cond: object, timeout: float = 10.0, what: str = "condition") -> No
 
 def bdi_readahead_kb(mountpoint: Path | str) -> int:
     """The readahead (KiB) of the backing device of the mount at ``mountpoint``."""
-    target = os.fsencode(os.path.realpath(mountpoint))
-    with open("/proc/self/mountinfo", "rb") as f:
-        devs = [
-            fields[2].decode()
-            for fields in map(bytes.split, f)
-            if fields[4].decode("unicode_escape").encode("latin-1") == target
-        ]
-    if not devs:
+    mounts = _mounts_at(mountpoint)
+    if not mounts:
         raise FileNotFoundError(f"{mountpoint} is not a mount point")
-    with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", encoding="ascii") as ra:
-        return int(ra.read())  # the last mount on a path is the one that shows
+    dev = mounts[-1][2].decode()  # the last mount on a path is the one that shows
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb", encoding="ascii") as ra:
+        return int(ra.read())
 
 
 @dataclass

@@ -103,22 +103,55 @@ def prefork() -> None:
     """Fork the next mount's daemon now, so that it loads the engine (~80 ms of imports)
     while this process loads and does the rest; the next `spawn` hands it its mount.
     Unused, it is killed and reaped when this process exits."""
+    if _standby is None:
+        try:
+            _start_standby()
+        except OSError:
+            pass  # only time is lost: `spawn` forks then
+
+
+def spawn(cfg: DaemonConfig) -> int:
+    """Mount with a daemon forked from this process (ahead, by `prefork`, or now); its
+    pid, once the mount is live."""
     global _standby
-    if _standby is not None:
-        return
+    check(cfg.options, cfg.mountpoint)
+    orders = pickle.dumps((cfg, logging.getLogger("layerfs").getEffectiveLevel()))
+    for _ in range(2):  # a standby that died meanwhile is replaced once
+        if _standby is None:
+            _start_standby()
+        s = _standby
+        assert s is not None
+        try:
+            rest = memoryview(orders)
+            while rest:
+                rest = rest[os.write(s.orders, rest) :]
+        except OSError:
+            _drop_standby()
+            continue
+        except BaseException:
+            # Interrupted halfway: it must not mount behind our back.
+            _drop_standby()
+            raise
+        _standby = None
+        os.close(s.orders)
+        return _await_ready(s.pid, s.status)
+    raise MountError("the mount daemon exited before it was given its mount")
+
+
+def _start_standby() -> None:
+    global _standby
     orders_r, orders_w = os.pipe()
     status_r, status_w = os.pipe()
     try:
         pid = _fork()
-    except OSError:  # only time is lost: `spawn` forks then
+    except OSError:
         for fd in (orders_r, orders_w, status_r, status_w):
             os.close(fd)
-        return
+        raise
     if pid:
         os.close(orders_r)
         os.close(status_w)
         _standby = _Standby(pid, orders_w, status_r)
-        atexit.register(_drop_standby)
         return
     code = 1
     try:
@@ -141,59 +174,19 @@ def prefork() -> None:
         os._exit(code)
 
 
+@atexit.register
 def _drop_standby() -> None:
     global _standby
     s, _standby = _standby, None
     if s is None:
         return
     for fd in (s.orders, s.status):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        os.close(fd)
     try:
         os.kill(s.pid, signal.SIGKILL)
         os.waitpid(s.pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass
-
-
-def spawn(cfg: DaemonConfig) -> int:
-    """Mount with a daemon forked from this process (or the one `prefork` made); its pid,
-    once the mount is live."""
-    global _standby
-    check(cfg.options, cfg.mountpoint)
-    if _standby is not None:
-        orders = pickle.dumps((cfg, logging.getLogger("layerfs").getEffectiveLevel()))
-        s = _standby
-        try:
-            rest = memoryview(orders)
-            while rest:
-                rest = rest[os.write(s.orders, rest) :]
-        except OSError:  # it died: fork afresh
-            _drop_standby()
-        except BaseException:
-            # Interrupted halfway: it must not mount behind our back.
-            _drop_standby()
-            raise
-        else:
-            _standby = None
-            os.close(s.orders)
-            return _await_ready(s.pid, s.status)
-    r, w = os.pipe()
-    pid = _fork()
-    if pid:
-        os.close(w)
-        return _await_ready(pid, r)
-    code = 1
-    try:
-        os.close(r)
-        _leave_caller(w)
-        code = _serve(cfg, w)
-    except BaseException:
-        log.exception("daemon failed")
-    finally:
-        os._exit(code)
 
 
 _CALLER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -210,8 +203,11 @@ def _fork() -> int:
 
 
 def _log_like_caller(level: int) -> None:
-    # Forked before the caller set up its logging: take its level, on stderr until the
-    # mount is live (then stderr goes to /dev/null, as for every daemon).
+    # Forked before the caller set up its logging (`prefork`): take its level, on stderr
+    # until the mount is live (then stderr goes to /dev/null, as for every daemon).
+    # Forked after, the caller's handlers came along.
+    if logging.getLogger("layerfs").handlers or logging.root.handlers:
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("layerfs: %(message)s"))
     logger = logging.getLogger("layerfs")
